@@ -1,0 +1,7 @@
+"""`python -m recbole_hybrid run ...`, the same as the `recbole-hybrid` command."""
+
+import sys
+
+from recbole_hybrid.cli import main
+
+sys.exit(main())

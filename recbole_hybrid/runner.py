@@ -1,0 +1,287 @@
+"""Train and evaluate one model on one dataset, RecBole's way, into a run folder.
+
+Config precedence (lowest first): the model's defaults (RecBole's or the plugin's yaml) <
+`properties/dataset/<dataset>.yaml` < `config_files` in order < `overrides` (the command
+line's `--key=value`). The process's own `sys.argv` is never read.
+"""
+
+import datetime
+import json
+import logging
+import os
+import sys
+import time
+from unittest import mock
+
+import torch
+import yaml
+from recbole.config import Config
+from recbole.data import data_preparation
+from recbole.utils import (
+    ModelType,
+    get_environment,
+    get_model,
+    get_trainer,
+    init_logger,
+    init_seed,
+)
+from texttable import Texttable
+
+from recbole_hybrid import registry
+from recbole_hybrid.datasets import check_dataset, create_dataset
+from recbole_hybrid.errors import CheckpointError, UserError
+
+DEFAULT_MODEL = "SASRec"
+DEFAULT_DATASET = "ml-100k"
+REPOSITORY_PROPERTIES = os.path.join(os.path.dirname(os.path.dirname(__file__)), "properties")
+RESULTS_FILE = "results.json"
+
+
+def dataset_config_file(dataset):
+    """`properties/dataset/<dataset>.yaml` from the working directory, else the repository's."""
+    for folder in (os.path.join(os.getcwd(), "properties"), REPOSITORY_PROPERTIES):
+        path = os.path.join(folder, "dataset", f"{dataset}.yaml")
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def config_inputs(model, dataset, config_files=(), overrides=None):
+    """The config files and the config dict that give the precedence above."""
+    overrides = dict(overrides or {})
+    files = [f for f in [dataset_config_file(dataset), *config_files] if f]
+    for path in files:
+        if not os.path.isfile(path):
+            raise UserError(f"config file not found: {path}")
+    model_file = registry.model_config_file(model)
+    settings = {**_read_yamls([model_file] if model_file else []), **_read_yamls(files), **overrides}
+    defaults = {}
+    # RecBole rejects negative sampling with loss_type CE, and its overall default samples.
+    if "train_neg_sample_args" not in settings and str(settings.get("loss_type")).strip("'\"") == "CE":
+        defaults["train_neg_sample_args"] = None
+    if "load_col" not in settings and get_model(model).type == ModelType.SEQUENTIAL:
+        # RecBole's own default loads no timestamp, so histories would follow file order.
+        defaults["load_col"] = {"inter": ["user_id", "item_id", "timestamp"]}
+    if "show_progress" not in settings:
+        defaults["show_progress"] = sys.stderr.isatty()
+    return files, {**defaults, **overrides}
+
+
+def build_config(model, dataset, config_files=(), overrides=None):
+    """A RecBole Config with the precedence above; bad settings raise UserError."""
+    files, config_dict = config_inputs(model, dataset, config_files, overrides)
+    try:
+        with mock.patch.object(sys, "argv", sys.argv[:1]):
+            return Config(model, dataset, files, config_dict)
+    except UserError:
+        raise
+    except (ValueError, KeyError, TypeError, NotImplementedError, SyntaxError) as error:
+        raise UserError(f"invalid configuration for {model} on {dataset}: {error}") from None
+
+
+def run(
+    model=None,
+    dataset=None,
+    config_files=(),
+    overrides=None,
+    *,
+    resume=None,
+    output_dir="runs",
+    nproc=1,
+    world_size=-1,
+    ip="localhost",
+    port="5678",
+    group_offset=0,
+):
+    """Train, evaluate on the test split, write `<run folder>/results.json`; return it as a dict.
+
+    `resume` continues an interrupted run from its checkpoint, in its own run folder, with
+    the checkpoint's configuration (`overrides` still apply, e.g. more epochs).
+    """
+    distributed = nproc > 1 or world_size > 0
+    if resume:
+        if distributed:
+            raise UserError("--resume works with single-process runs only (--nproc=1)")
+        config = _config_from_checkpoint(resume, overrides)
+        run_dir = os.path.dirname(os.path.abspath(resume))
+    else:
+        model, dataset = model or DEFAULT_MODEL, dataset or DEFAULT_DATASET
+        config = build_config(model, dataset, config_files, overrides)
+        check_dataset(config)
+        run_dir = _new_run_dir(output_dir, model, dataset)
+        if "checkpoint_dir" not in {**config.file_config_dict, **config.variable_config_dict}:
+            config["checkpoint_dir"] = run_dir
+
+    started = time.time()
+    if distributed:
+        result = _run_distributed(
+            config, config_files, overrides, nproc, world_size, ip, port, group_offset
+        )
+    else:
+        result = _train_and_evaluate(config, resume)
+    result.update(
+        model=config["model"],
+        dataset=config["dataset"],
+        valid_metric=config["valid_metric"],
+        resumed_from=resume,
+        seconds=round(time.time() - started, 1),
+        finished=datetime.datetime.now().isoformat(timespec="seconds"),
+        config_files=list(config_files),
+        overrides={k: str(v) for k, v in (overrides or {}).items()},
+        versions=_versions(),
+    )
+    result["results_file"] = _write_results(run_dir, result)
+    return result
+
+
+def _train_and_evaluate(config, resume):
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    logger = logging.getLogger()
+    logger.info(config)
+    dataset = create_dataset(config)
+    logger.info(dataset)
+    train_data, valid_data, test_data = data_preparation(config, dataset)
+
+    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+    model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
+    logger.info(model)
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    if resume:
+        trainer.resume_checkpoint(resume)
+        if trainer.start_epoch >= config["epochs"]:
+            raise CheckpointError(
+                f"{resume} already finished epoch {trainer.start_epoch - 1} of "
+                f"epochs={config['epochs']}: pass a larger --epochs to train further"
+            )
+    try:
+        best_valid_score, best_valid_result = trainer.fit(
+            train_data, valid_data, saved=True, show_progress=config["show_progress"]
+        )
+    except KeyboardInterrupt:
+        saved = trainer.saved_model_file
+        raise UserError(
+            "interrupted. "
+            + (
+                f"The best checkpoint so far is {saved}: continue with --resume={saved}"
+                if os.path.isfile(saved)
+                else "No checkpoint had been written yet."
+            )
+        ) from None
+    test_result = trainer.evaluate(
+        test_data, load_best_model=True, show_progress=config["show_progress"]
+    )
+    logger.info("The running environment:\n" + get_environment(config).draw())
+    logger.info(f"best valid: {best_valid_result}")
+    logger.info(f"test result: {test_result}")
+    return {
+        "best_valid_score": float(best_valid_score),
+        "best_valid_result": dict(best_valid_result),
+        "test_result": dict(test_result),
+        "checkpoint": os.path.abspath(trainer.saved_model_file),
+        "log_file": _log_file(),
+    }
+
+
+def _run_distributed(config, config_files, overrides, nproc, world_size, ip, port, offset):
+    """RecBole's multi-process training (one process per GPU, nccl backend)."""
+    from recbole.quick_start import run as recbole_run
+
+    if not torch.cuda.is_available():
+        raise UserError(
+            "--nproc > 1 or --world_size: RecBole 1.2.1 trains multi-process only on CUDA GPUs "
+            "(nccl backend), and this machine has none. Run with --nproc=1."
+        )
+    model, dataset = config["model"], config["dataset"]
+    files, config_dict = config_inputs(model, dataset, config_files, overrides)
+    config_dict["checkpoint_dir"] = config["checkpoint_dir"]
+    result = recbole_run(
+        model, dataset, files, config_dict,
+        nproc=nproc, world_size=world_size, ip=ip, port=port, group_offset=offset,
+    )
+    return {
+        "best_valid_score": float(result["best_valid_score"]),
+        "best_valid_result": dict(result["best_valid_result"]),
+        "test_result": dict(result["test_result"]),
+        "checkpoint": None,
+        "log_file": None,
+    }
+
+
+def _config_from_checkpoint(path, overrides):
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        # A checkpoint this package's runs wrote: it pickles RecBole's Config.
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        config = checkpoint["config"]
+    except Exception as error:  # any unreadable file gets the same advice
+        raise CheckpointError(
+            f"{path} is not a RecBole checkpoint ({type(error).__name__}: {error}); pass the "
+            ".pth file a run wrote into its run folder"
+        ) from None
+    if overrides:
+        config.final_config_dict.update(config._convert_config_dict(dict(overrides)))
+    return config
+
+
+def _new_run_dir(output_dir, model, dataset):
+    """A run folder path nobody uses yet; it is created when the first file is written."""
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = os.path.join(os.path.abspath(output_dir), f"{model}-{dataset}-{stamp}")
+    path, n = base, 1
+    while os.path.exists(path):
+        n += 1
+        path = f"{base}-{n}"
+    return path
+
+
+def _write_results(run_dir, result):
+    """Write results.json into the run folder, never over an earlier results file."""
+    os.makedirs(run_dir, exist_ok=True)
+    path = os.path.join(run_dir, RESULTS_FILE)
+    n = 1
+    while os.path.exists(path):
+        n += 1
+        path = os.path.join(run_dir, f"results-{n}.json")
+    with open(path, "x", encoding="utf-8") as f:
+        json.dump(result, f, indent=2, default=float)
+    return path
+
+
+def format_results(result):
+    """The best valid and the test metrics side by side, as a text table."""
+    table = Texttable()
+    table.set_deco(Texttable.HEADER)
+    table.set_cols_dtype(["t", "f", "f"])
+    table.set_precision(4)
+    table.add_row(["metric", "best valid", "test"])
+    for metric, value in result["test_result"].items():
+        table.add_row([metric, result["best_valid_result"].get(metric, float("nan")), value])
+    return (
+        f"{result['model']} on {result['dataset']} "
+        f"(model selected on valid {result['valid_metric']})\n{table.draw()}"
+    )
+
+
+def _read_yamls(files):
+    settings = {}
+    for path in files:
+        with open(path, encoding="utf-8") as f:
+            settings.update(yaml.load(f, Loader=yaml.FullLoader) or {})
+    return settings
+
+
+def _log_file():
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            return os.path.abspath(handler.baseFilename)
+    return None
+
+
+def _versions():
+    import recbole
+
+    from recbole_hybrid import __version__
+
+    return {"recbole_hybrid": __version__, "recbole": recbole.__version__, "torch": torch.__version__}

@@ -1,0 +1,11 @@
+"""Train and evaluate a model: `python run_recbole_hybrid.py --model=MaTrRec --dataset=ml-1m`.
+
+The same as `recbole-hybrid run`; see `python run_recbole_hybrid.py --help`.
+"""
+
+import sys
+
+from recbole_hybrid.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["run"] + sys.argv[1:]))

@@ -1,0 +1,199 @@
+"""Each fix in recbole_hybrid.compat: the breakage it repairs comes back when it is reverted."""
+
+import glob
+import logging
+import os
+import pickle
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+from recbole.config import Config
+from recbole.data import create_dataset, data_preparation
+from recbole.quick_start import load_data_and_model
+from recbole.trainer import HyperTuning, Trainer
+import recbole.utils
+
+from conftest import write_tiny_dataset
+from recbole_hybrid import compat
+
+
+def tiny_setup(settings, model="SASRec"):
+    config = Config(model, "tiny", config_dict=dict(settings, train_neg_sample_args=None))
+    recbole.utils.init_seed(config["seed"], config["reproducibility"])
+    train, valid, test = data_preparation(config, create_dataset(config))
+    net = recbole.utils.get_model(model)(config, train._dataset)
+    return config, Trainer(config, net), (train, valid, test)
+
+
+@pytest.fixture
+def settings(tiny, workdir):
+    return dict(tiny, epochs=1, load_col={"inter": ["user_id", "item_id", "timestamp"]},
+                checkpoint_dir=str(workdir / "saved"))
+
+
+@pytest.fixture
+def trained(settings):
+    config, trainer, (train, valid, test) = tiny_setup(settings)
+    trainer.fit(train, valid, saved=True, show_progress=False)
+    return config, trainer, test
+
+
+def test_checkpoints_reload_under_torch_2_6_and_later(trained, settings):
+    config, trainer, test = trained
+    checkpoint = trainer.saved_model_file
+    result = trainer.evaluate(test, load_best_model=True)
+    assert 0.0 <= result["ndcg@10"] <= 1.0
+
+    _, resumed, (train, valid, _) = tiny_setup(settings)
+    resumed.resume_checkpoint(checkpoint)
+    assert resumed.start_epoch == 1
+
+    loaded_config, model, _, _, _, loaded_test = load_data_and_model(checkpoint)
+    assert loaded_config["model"] == "SASRec"
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, trainer.model.state_dict()[name])
+
+    # Scoped to RecBole's own calls: anyone else's torch.load keeps torch's safe default.
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(checkpoint)
+
+
+def test_without_the_fix_checkpoints_do_not_reload(trained):
+    _, trainer, test = trained
+    with compat.reverted("checkpoint_loading"):
+        with pytest.raises(pickle.UnpicklingError, match="weights_only"):
+            trainer.evaluate(test, load_best_model=True)
+
+
+def _exhaustive_search(points):
+    seen = []
+
+    def objective(config_dict, config_file_list):
+        seen.append((config_dict["a"], config_dict["b"]))
+        score = config_dict["a"] * 10 + config_dict["b"]
+        return {"model": "M", "best_valid_score": score, "valid_score_bigger": True,
+                "best_valid_result": {"s": score}, "test_result": {"s": score}}
+
+    tuning = HyperTuning(objective, params_dict={"choice": {"a": [1, 2], "b": [3, 4]}},
+                         algo="exhaustive", max_evals=points)
+    tuning.run()
+    return seen, tuning
+
+
+def test_exhaustive_search_visits_every_point_once():
+    seen, tuning = _exhaustive_search(4)
+    assert sorted(seen) == [(1, 3), (1, 4), (2, 3), (2, 4)]
+    assert tuning.best_score == 24
+
+
+def test_without_the_fix_exhaustive_search_crashes_on_hyperopt_0_2_7():
+    with compat.reverted("exhaustive_search"):
+        with pytest.raises(AttributeError, match="integers"):
+            _exhaustive_search(4)
+
+
+def _two_runs_log_files(settings):
+    """Log one line in each of two runs; return what each run's own log file holds."""
+    for model in ("SASRec", "GRU4Rec"):
+        config = Config(model, "tiny", config_dict=dict(settings, train_neg_sample_args=None))
+        recbole.utils.init_logger(config)  # looked up now: reverted() swaps it
+        logging.getLogger().info(f"message of the {model} run")
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    return [open(*glob.glob(f"log/{model}/*.log")).read() for model in ("SASRec", "GRU4Rec")]
+
+
+def test_each_run_in_one_process_logs_into_its_own_file(settings):
+    first, second = _two_runs_log_files(settings)
+    assert "message of the SASRec run" in first and "GRU4Rec" not in first
+    assert "message of the GRU4Rec run" in second
+
+
+def test_without_the_fix_the_second_run_logs_into_the_first_file(settings):
+    with compat.reverted("per_run_logging"):
+        logging.getLogger().handlers.clear()
+        first, second = _two_runs_log_files(settings)
+    assert "message of the GRU4Rec run" in first and second == ""
+
+
+def test_trainers_started_in_the_same_second_get_their_own_checkpoint(settings, monkeypatch):
+    monkeypatch.setattr("recbole.trainer.trainer.get_local_time", lambda: "Jan-01-2026_00-00-00")
+    files = {tiny_setup(settings)[1].saved_model_file for _ in range(2)}
+    assert len(files) == 2
+    with compat.reverted("checkpoint_files"):
+        files = {tiny_setup(settings)[1].saved_model_file for _ in range(2)}
+    assert len(files) == 1
+
+
+def test_a_crash_while_saving_keeps_the_previous_checkpoint(trained, monkeypatch):
+    _, trainer, _ = trained
+    checkpoint = trainer.saved_model_file
+    before = open(checkpoint, "rb").read()
+
+    def crash(obj, path, **kwargs):
+        with open(path, "wb") as f:
+            f.write(b"half a checkpoint")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("recbole.trainer.trainer.torch.save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        trainer._save_checkpoint(1)
+    assert open(checkpoint, "rb").read() == before
+    with compat.reverted("checkpoint_files"):
+        with pytest.raises(KeyboardInterrupt):
+            trainer._save_checkpoint(1, saved_model_file=checkpoint)
+    assert open(checkpoint, "rb").read() == b"half a checkpoint"
+
+
+@pytest.fixture
+def downloadable(tmp_path, monkeypatch, settings):
+    """A dataset RecBole downloads from a local zip, so the download path runs offline."""
+    source = tmp_path / "source"
+    write_tiny_dataset(str(source), name="remote")
+    archive = tmp_path / "remote.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.write(source / "remote" / "remote.inter", "remote.inter")
+    monkeypatch.setattr("recbole.data.dataset.dataset.Dataset._get_download_url",
+                        lambda self, url_file, allow_none=False: archive.as_uri())
+    return dict(settings, data_path=str(tmp_path / "data"))
+
+
+def test_first_automatic_download_loads_the_dataset(downloadable):
+    config = Config("SASRec", "remote", config_dict=dict(downloadable, train_neg_sample_args=None))
+    assert not torch.distributed.is_initialized()
+    dataset = create_dataset(config)
+    assert dataset.inter_num > 0
+    assert os.path.isfile(os.path.join(downloadable["data_path"], "remote", "remote.inter"))
+
+
+def test_without_the_fix_the_first_download_crashes(downloadable):
+    config = Config("SASRec", "remote", config_dict=dict(downloadable, train_neg_sample_args=None))
+    with compat.reverted("download_barrier"):
+        with pytest.raises((ValueError, RuntimeError), match="process group"):
+            create_dataset(config)
+
+
+def test_apply_is_idempotent():
+    load, init = torch.load, Trainer.__init__
+    compat.apply()
+    compat.apply()
+    assert torch.load is load and Trainer.__init__ is init
+
+
+def _ndcg_of_one_hit():
+    from recbole.evaluator.metrics import NDCG
+
+    config = {"topk": [1], "metric_decimal_place": 4}
+    return NDCG(config).metric_info(np.array([[True]]), np.array([1]))
+
+
+def test_metrics_work_without_constructing_a_config():
+    assert float(_ndcg_of_one_hit()[0, 0]) == 1.0
+
+
+def test_without_the_fix_metrics_need_a_config_first():
+    with compat.reverted("numpy_aliases"):
+        with pytest.raises(AttributeError, match="float"):
+            _ndcg_of_one_hit()
