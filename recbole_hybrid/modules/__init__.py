@@ -1,0 +1,5 @@
+"""Neural network blocks shared by the models."""
+
+from recbole_hybrid.modules.mamba import Mamba
+
+__all__ = ["Mamba"]

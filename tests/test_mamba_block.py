@@ -1,0 +1,127 @@
+"""The Mamba block: mamba_ssm's parameters and init, causality, its forward by definition."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from recbole_hybrid.modules import Mamba
+from recbole_hybrid.ops import causal_conv1d
+from test_selective_scan import reference_scan
+
+
+def test_parameter_names_and_shapes_are_mamba_ssm_s():
+    block = Mamba(d_model=64, d_state=32, d_conv=4, expand=2)
+    shapes = {name: tuple(p.shape) for name, p in block.named_parameters()}
+    assert shapes == {
+        "A_log": (128, 32), "D": (128,),
+        "in_proj.weight": (256, 64),
+        "conv1d.weight": (128, 1, 4), "conv1d.bias": (128,),
+        "x_proj.weight": (4 + 2 * 32, 128),
+        "dt_proj.weight": (128, 4), "dt_proj.bias": (128,),
+        "out_proj.weight": (64, 128),
+    }
+
+
+def test_native_initialisation():
+    block = Mamba(d_model=32, d_state=8, dt_min=0.001, dt_max=0.1)
+    assert torch.allclose(block.A_log.exp(), torch.arange(1.0, 9.0).repeat(64, 1))
+    assert torch.equal(block.D, torch.ones(64))
+    dt = F.softplus(block.dt_proj.bias)
+    assert dt.min() >= 0.001 * (1 - 1e-5) and dt.max() <= 0.1 * (1 + 1e-5)
+    bound = block.dt_rank ** -0.5
+    assert block.dt_proj.weight.abs().max() <= bound and block.dt_proj.weight.std() > bound / 4
+
+
+def test_causal_conv1d_is_left_padded_depthwise_conv():
+    torch.manual_seed(0)
+    x, weight, bias = torch.randn(3, 5, 9), torch.randn(5, 4), torch.randn(5)
+    conv = torch.nn.Conv1d(5, 5, 4, padding=3, groups=5)
+    with torch.no_grad():
+        conv.weight.copy_(weight[:, None, :])
+        conv.bias.copy_(bias)
+    expected = conv(x)[..., :9]
+    assert torch.allclose(causal_conv1d(x, weight, bias), expected, atol=1e-6)
+    assert torch.allclose(causal_conv1d(x, weight, bias, "silu"), F.silu(expected), atol=1e-6)
+    with pytest.raises(ValueError, match="activation"):
+        causal_conv1d(x, weight, bias, "relu")
+
+
+def block_by_definition(block, x):
+    """The block's forward, written out from SPEC section 3 with the test's reference scan."""
+    length = x.shape[1]
+    xz = x @ block.in_proj.weight.T
+    u, z = xz[..., : block.d_inner], xz[..., block.d_inner:]
+    conv = torch.nn.functional.conv1d(u.transpose(1, 2), block.conv1d.weight, block.conv1d.bias,
+                                      padding=block.d_conv - 1, groups=block.d_inner)[..., :length]
+    u = F.silu(conv)  # (batch, d_inner, L)
+    projected = u.transpose(1, 2) @ block.x_proj.weight.T
+    dt = projected[..., : block.dt_rank]
+    B = projected[..., block.dt_rank: block.dt_rank + block.d_state]
+    C = projected[..., block.dt_rank + block.d_state:]
+    delta = (dt @ block.dt_proj.weight.T).transpose(1, 2)
+    y, _ = reference_scan(u, delta, -block.A_log.exp(), B.transpose(1, 2), C.transpose(1, 2),
+                          block.D, z.transpose(1, 2), block.dt_proj.bias, True)
+    return y.transpose(1, 2) @ block.out_proj.weight.T
+
+
+def test_forward_matches_the_definition_in_float64():
+    torch.manual_seed(0)
+    block = Mamba(d_model=16, d_state=8, d_conv=4, expand=2).double()
+    x = torch.randn(2, 23, 16, dtype=torch.float64)
+    assert torch.allclose(block(x), block_by_definition(block, x), rtol=1e-9, atol=1e-12)
+
+
+def test_output_at_t_ignores_inputs_after_t():
+    torch.manual_seed(0)
+    block = Mamba(d_model=16, d_state=8).double()
+    x = torch.randn(2, 30, 16, dtype=torch.float64)
+    changed = x.clone()
+    changed[:, 12:] = torch.randn(2, 18, 16, dtype=torch.float64)
+    a, b = block(x), block(changed)
+    assert torch.equal(a[:, :12], b[:, :12])
+    assert not torch.allclose(a[:, 12:], b[:, 12:])
+
+
+def test_state_dict_round_trip():
+    torch.manual_seed(0)
+    first, second = Mamba(d_model=16, d_state=8), Mamba(d_model=16, d_state=8)
+    second.load_state_dict(first.state_dict())
+    x = torch.randn(2, 7, 16)
+    assert torch.equal(first(x), second(x))
+
+
+def test_gradients_reach_every_parameter():
+    block = Mamba(d_model=16, d_state=8)
+    block(torch.randn(2, 12, 16)).square().mean().backward()
+    for name, parameter in block.named_parameters():
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+
+
+def test_impossible_sizes_are_explained():
+    with pytest.raises(ValueError, match="d_state must be a positive integer"):
+        Mamba(d_model=16, d_state=0)
+    with pytest.raises(ValueError, match="mamba_impl='fastest'"):
+        Mamba(d_model=16, impl="fastest")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="mamba_ssm needs CUDA")
+def test_same_function_as_mamba_ssm_on_cuda():
+    mamba_ssm = pytest.importorskip("mamba_ssm")
+    torch.manual_seed(0)
+    theirs = mamba_ssm.Mamba(d_model=64, d_state=32, d_conv=4, expand=2).cuda()
+    ours = Mamba(d_model=64, d_state=32, d_conv=4, expand=2, impl="torch").cuda()
+    ours.load_state_dict(theirs.state_dict())
+    theirs.load_state_dict(ours.state_dict())  # and back
+    x = torch.randn(8, 50, 64, device="cuda", requires_grad=True)
+    outputs, grads = [], []
+    for block in (theirs, ours):
+        x.grad = None
+        block.zero_grad()
+        out = block(x)
+        out.square().sum().backward()
+        outputs.append(out.detach())
+        grads.append({n: p.grad.clone() for n, p in block.named_parameters()} | {"x": x.grad.clone()})
+    # float32 kernels vs float32 PyTorch: summation order differs; 1e-4 relative is the bar.
+    assert (outputs[0] - outputs[1]).norm() / outputs[0].norm() < 1e-4
+    for name in grads[0]:
+        assert (grads[0][name] - grads[1][name]).norm() / grads[0][name].norm() < 1e-3, name
