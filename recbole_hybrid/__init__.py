@@ -10,6 +10,7 @@ from recbole_hybrid import compat  # noqa: E402
 
 compat.apply()
 
+from recbole_hybrid import models  # noqa: E402,F401  (registers Mamba4Rec, MaTrRec, MLSA4Rec)
 from recbole_hybrid.errors import UserError  # noqa: E402
 from recbole_hybrid.registry import plugin_models, register_model  # noqa: E402
 from recbole_hybrid.runner import run  # noqa: E402

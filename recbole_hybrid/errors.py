@@ -19,3 +19,7 @@ class InvalidDatasetError(UserError, ValueError):
 
 class CheckpointError(UserError, ValueError):
     """A checkpoint that cannot be read or resumed."""
+
+
+class ConfigError(UserError, ValueError):
+    """Hyperparameters a model cannot be built with."""

@@ -31,7 +31,7 @@ from recbole_hybrid import registry
 from recbole_hybrid.datasets import check_dataset, create_dataset
 from recbole_hybrid.errors import CheckpointError, UserError
 
-DEFAULT_MODEL = "SASRec"
+DEFAULT_MODEL = "MaTrRec"
 DEFAULT_DATASET = "ml-100k"
 REPOSITORY_PROPERTIES = os.path.join(os.path.dirname(os.path.dirname(__file__)), "properties")
 RESULTS_FILE = "results.json"

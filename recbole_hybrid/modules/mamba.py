@@ -72,22 +72,30 @@ class Mamba(nn.Module):
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias, **factory)
         self.A_log._no_weight_decay = True
         self.D._no_weight_decay = True
-        self.reset_ssm_parameters(dt_min, dt_max, dt_init, dt_scale, dt_init_floor)
+        self.dt_init_args = {"dt_min": dt_min, "dt_max": dt_max, "dt_init": dt_init,
+                             "dt_scale": dt_scale, "dt_init_floor": dt_init_floor}
+        self.reset_ssm_parameters()
+
+    def reset_parameters(self):
+        """Mamba's native initialisation of every parameter, as at construction."""
+        for layer in (self.in_proj, self.conv1d, self.x_proj, self.dt_proj, self.out_proj):
+            layer.reset_parameters()
+        self.reset_ssm_parameters()
 
     @torch.no_grad()
-    def reset_ssm_parameters(self, dt_min=0.001, dt_max=0.1, dt_init="random", dt_scale=1.0,
-                             dt_init_floor=1e-4):
+    def reset_ssm_parameters(self):
         """Mamba's native initialisation of dt_proj, A_log and D (S4D-real A = -(1..d_state));
         dt = softplus(dt_proj.bias) starts log-uniform in [dt_min, dt_max]."""
-        std = self.dt_rank ** -0.5 * dt_scale
-        if dt_init == "constant":
+        dt_min, dt_max = self.dt_init_args["dt_min"], self.dt_init_args["dt_max"]
+        std = self.dt_rank ** -0.5 * self.dt_init_args["dt_scale"]
+        if self.dt_init_args["dt_init"] == "constant":
             nn.init.constant_(self.dt_proj.weight, std)
         else:
             nn.init.uniform_(self.dt_proj.weight, -std, std)
         dt = torch.exp(
             torch.rand(self.d_inner, device=self.D.device) * (math.log(dt_max) - math.log(dt_min))
             + math.log(dt_min)
-        ).clamp(min=dt_init_floor)
+        ).clamp(min=self.dt_init_args["dt_init_floor"])
         self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse of softplus
         self.dt_proj.bias._no_reinit = True
         states = torch.arange(1, self.d_state + 1, dtype=torch.float32, device=self.D.device)

@@ -46,127 +46,142 @@ def selective_scan(
 
 
 class SelectiveScan(torch.autograd.Function):
-    """delta's bias and softplus, the D skip and the z gate around a core's scan."""
+    """Casts to the compute precision and hands the whole op to a core."""
 
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus):
-        inputs = _ScanInputs(u, delta, A, B, C, delta_bias, delta_softplus)
         ctx.core = KernelCore if KernelCore.serves(u) else ChunkedCore
-        y, last_state, saved = ctx.core.forward(inputs)
-        if D is not None:
-            y = y + D.to(y.dtype)[:, None] * inputs.u
-        out = y * F.silu(z.to(y.dtype)) if z is not None else y
         ctx.delta_softplus = delta_softplus
-        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, saved,
-                              y if z is not None else None)
+        out, last_state, saved = ctx.core.forward(_ScanInputs(u, delta, A, B, C, D, z, delta_bias),
+                                                  delta_softplus)
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, *saved)
         return out.to(u.dtype), last_state
 
     @staticmethod
     def backward(ctx, grad_out, grad_last_state):
-        u, delta, A, B, C, D, z, delta_bias, saved, y = ctx.saved_tensors
-        inputs = _ScanInputs(u, delta, A, B, C, delta_bias, ctx.delta_softplus)
-        grad_out = grad_out.to(inputs.dt.dtype)
-        grad_z = None
-        if z is not None:
-            z_ = z.to(y.dtype)
-            gate = torch.sigmoid(z_)
-            grad_y = grad_out * z_ * gate
-            grad_z = (grad_out * y * gate * (1 + z_ * (1 - gate))).to(z.dtype)
-        else:
-            grad_y = grad_out
+        originals, saved = ctx.saved_tensors[:8], ctx.saved_tensors[8:]
+        x = _ScanInputs(*originals)
         if grad_last_state is not None:
-            grad_last_state = grad_last_state.to(inputs.dt.dtype)
-        grad_dt, grad_u, grad_A, grad_B, grad_C = ctx.core.backward(
-            inputs, saved, grad_y, grad_last_state
-        )
-        grad_D = None
-        if D is not None:
-            grad_u = grad_u + grad_y * D.to(grad_y.dtype)[:, None]
-            grad_D = (grad_y * inputs.u).sum((0, 2)).to(D.dtype)
-        if ctx.delta_softplus:
-            grad_dt = grad_dt * torch.sigmoid(inputs.dt_raw)
-        grad_bias = grad_dt.sum((0, 2)).to(delta_bias.dtype) if delta_bias is not None else None
-        return (
-            grad_u.to(u.dtype), grad_dt.to(delta.dtype), grad_A.to(A.dtype), grad_B.to(B.dtype),
-            grad_C.to(C.dtype), grad_D, grad_z, grad_bias, None,
-        )
+            grad_last_state = grad_last_state.to(x.dtype)
+        grads = ctx.core.backward(x, ctx.delta_softplus, saved, grad_out.to(x.dtype), grad_last_state)
+        return tuple(
+            grad.to(original.dtype) if grad is not None else None
+            for grad, original in zip(grads, originals)
+        ) + (None,)
 
 
 class _ScanInputs:
-    """The scan's inputs in compute precision (float64 stays, anything else is float32):
-    dt = softplus(delta + bias) and u (batch, d_inner, L), B, C (batch, d_state, L),
-    A and A2 = A * log2(e) (d_inner, d_state); dt_raw is dt before the softplus."""
+    """The inputs in compute precision: float64 stays, anything else becomes float32.
+    A2 = A * log2(e), for the decays exp2(dt * A2)."""
 
-    def __init__(self, u, delta, A, B, C, delta_bias, delta_softplus):
-        dtype = torch.float64 if u.dtype == torch.float64 else torch.float32
-        self.dt_raw = delta.to(dtype)
-        if delta_bias is not None:
-            self.dt_raw = self.dt_raw + delta_bias.to(dtype)[:, None]
-        self.dt = F.softplus(self.dt_raw) if delta_softplus else self.dt_raw
-        self.u, self.B, self.C, self.A = (t.to(dtype) for t in (u, B, C, A))
+    def __init__(self, u, delta, A, B, C, D, z, delta_bias):
+        self.dtype = torch.float64 if u.dtype == torch.float64 else torch.float32
+        self.u, self.delta, self.A, self.B, self.C, self.D, self.z, self.delta_bias = (
+            t.to(self.dtype) if t is not None else None for t in (u, delta, A, B, C, D, z, delta_bias)
+        )
         self.A2 = self.A * LOG2_E
 
 
 class KernelCore:
-    """The C++ scan on CPU tensors; nothing is kept for backward but the inputs."""
+    """The C++ scan on CPU tensors; backward recomputes from the inputs. The transcendental
+    elementwise steps (softplus, sigmoid) stay in vectorised PyTorch; the rest is fused."""
 
     @staticmethod
     def serves(tensor):
         return tensor.device.type == "cpu" and cpu_kernel.load() is not None
 
     @staticmethod
-    def forward(x):
-        y, last_state = cpu_kernel.load().scan_forward(
-            x.dt.contiguous(), x.u.contiguous(), x.A2.contiguous(),
+    def _arguments(x, delta_softplus):
+        raw, dt = _steps(x, delta_softplus)
+        z = x.z.contiguous() if x.z is not None else None
+        return raw, (
+            x.u.contiguous(), dt.contiguous(), x.A.contiguous(), x.A2.contiguous(),
             x.B.transpose(1, 2).contiguous(), x.C.transpose(1, 2).contiguous(),
+            x.D.contiguous() if x.D is not None else None,
+            z, torch.sigmoid(z) if z is not None else None,
         )
-        return y, last_state, None
 
     @staticmethod
-    def backward(x, saved, grad_y, grad_last_state):
-        grad_dt, grad_u, grad_A, grad_B, grad_C = cpu_kernel.load().scan_backward(
-            x.dt.contiguous(), x.u.contiguous(), x.A.contiguous(), x.A2.contiguous(),
-            x.B.transpose(1, 2).contiguous(), x.C.transpose(1, 2).contiguous(),
-            grad_y.contiguous(),
+    def forward(x, delta_softplus):
+        _, arguments = KernelCore._arguments(x, delta_softplus)
+        out, last_state = cpu_kernel.load().scan_forward(*arguments)
+        return out, last_state, ()
+
+    @staticmethod
+    def backward(x, delta_softplus, saved, grad_out, grad_last_state):
+        raw, arguments = KernelCore._arguments(x, delta_softplus)
+        grads = cpu_kernel.load().scan_backward(
+            *arguments, torch.sigmoid(raw) if delta_softplus else None,
+            x.delta_bias is not None, grad_out.contiguous(),
             grad_last_state.contiguous() if grad_last_state is not None else None,
         )
-        return grad_dt, grad_u, grad_A, grad_B.transpose(1, 2), grad_C.transpose(1, 2)
+        grad_u, grad_delta, grad_A, grad_B, grad_C, grad_D, grad_z, grad_bias = grads
+        return (grad_u, grad_delta, grad_A, grad_B.transpose(1, 2), grad_C.transpose(1, 2),
+                grad_D, grad_z, grad_bias)
 
 
 class ChunkedCore:
     """PyTorch over chunks of CHUNK_LEN steps; keeps the state at each chunk start."""
 
     @staticmethod
-    def forward(x):
-        dt, u, B, C = _time_major(x)
+    def forward(x, delta_softplus):
+        _, dt = _steps(x, delta_softplus)
+        dt, u, B, C = _time_major(dt, x.u, x.B, x.C)
         y = dt.new_empty(dt.shape)  # (L, batch, d_inner)
         h = dt.new_zeros(*dt.shape[1:], x.A.shape[1])
         starts = []
         for s, e in _chunks(dt.shape[0]):
             starts.append(h)
             y[s:e], h = chunk_forward(h, dt[s:e], u[s:e], B[s:e], C[s:e], x.A2)
-        return y.permute(1, 2, 0), h, torch.stack(starts)
+        y = y.permute(1, 2, 0)
+        if x.D is not None:
+            y = y + x.D[:, None] * x.u
+        out = y * F.silu(x.z) if x.z is not None else y
+        return out, h, (torch.stack(starts), y)
 
     @staticmethod
-    def backward(x, starts, grad_y, grad_last_state):
-        dt, u, B, C = _time_major(x)
-        grad_y = grad_y.permute(2, 0, 1).contiguous()
+    def backward(x, delta_softplus, saved, grad_out, grad_last_state):
+        starts, y = saved
+        grad_z = None
+        if x.z is not None:
+            gate = torch.sigmoid(x.z)
+            grad_z = grad_out * y * gate * (1 + x.z * (1 - gate))
+            grad_y = grad_out * x.z * gate
+        else:
+            grad_y = grad_out
+        raw, dt = _steps(x, delta_softplus)
+        dt, u, B, C, grad_y_t = _time_major(dt, x.u, x.B, x.C, grad_y)
         grad_dt, grad_u = torch.empty_like(dt), torch.empty_like(dt)
         grad_B, grad_C = torch.empty_like(B), torch.empty_like(C)
         grad_A = torch.zeros_like(x.A)
         adjoint = grad_last_state.clone() if grad_last_state is not None else torch.zeros_like(starts[0])
         for k, (s, e) in reversed(list(enumerate(_chunks(dt.shape[0])))):
             grad_dt[s:e], grad_u[s:e], grad_B[s:e], grad_C[s:e], chunk_A, adjoint = chunk_backward(
-                starts[k], dt[s:e], u[s:e], B[s:e], C[s:e], x.A, x.A2, grad_y[s:e], adjoint
+                starts[k], dt[s:e], u[s:e], B[s:e], C[s:e], x.A, x.A2, grad_y_t[s:e], adjoint
             )
             grad_A += chunk_A
-        return (grad_dt.permute(1, 2, 0), grad_u.permute(1, 2, 0), grad_A,
-                grad_B.permute(1, 2, 0), grad_C.permute(1, 2, 0))
+        grad_u = grad_u.permute(1, 2, 0)
+        grad_D = None
+        if x.D is not None:
+            grad_u = grad_u + grad_y * x.D[:, None]
+            grad_D = (grad_y * x.u).sum((0, 2))
+        grad_delta = grad_dt.permute(1, 2, 0)
+        if delta_softplus:
+            grad_delta = grad_delta * torch.sigmoid(raw)
+        grad_bias = grad_delta.sum((0, 2)) if x.delta_bias is not None else None
+        return (grad_u, grad_delta, grad_A, grad_B.permute(1, 2, 0), grad_C.permute(1, 2, 0),
+                grad_D, grad_z, grad_bias)
 
 
-def _time_major(x):
-    """dt, u (L, batch, d_inner) and B, C (L, batch, d_state), contiguous."""
-    return tuple(t.permute(2, 0, 1).contiguous() for t in (x.dt, x.u, x.B, x.C))
+def _steps(x, delta_softplus):
+    """delta + bias, and dt = its softplus when asked for."""
+    raw = x.delta + x.delta_bias[:, None] if x.delta_bias is not None else x.delta
+    return raw, F.softplus(raw) if delta_softplus else raw
+
+
+def _time_major(*tensors):
+    """(batch, channels, L) -> (L, batch, channels), contiguous."""
+    return tuple(t.permute(2, 0, 1).contiguous() for t in tensors)
 
 
 def _chunks(length):
