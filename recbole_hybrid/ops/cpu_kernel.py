@@ -22,6 +22,8 @@ def load():
         try:
             from torch.utils.cpp_extension import load as build
 
+            _put_packaged_ninja_on_path()
+
             _built.append(build(
                 name="recbole_hybrid_scan_cpu",
                 sources=[SOURCE],
@@ -36,3 +38,15 @@ def load():
             )
             _built.append(None)
     return _built[0]
+
+
+def _put_packaged_ninja_on_path():
+    """torch's builder runs `ninja` from PATH; an unactivated virtual environment does not
+    have the one the `ninja` package installed there."""
+    try:
+        import ninja
+    except ImportError:
+        return
+    path = os.environ.get("PATH", "")
+    if ninja.BIN_DIR not in path.split(os.pathsep):
+        os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + path
