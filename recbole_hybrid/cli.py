@@ -1,4 +1,5 @@
-"""The `recbole-hybrid` command. Subcommands: `run` (train and evaluate one model)."""
+"""The `recbole-hybrid` command. Subcommands: `run` (train and evaluate one model),
+`convert` (raw interaction files to RecBole atomic files)."""
 
 import argparse
 import sys
@@ -53,6 +54,34 @@ def _run(args, overrides):
         print(f"best checkpoint: {result['checkpoint']}")
 
 
+def _add_convert_parser(subparsers):
+    from recbole_hybrid.convert import FORMATS
+
+    parser = subparsers.add_parser(
+        "convert",
+        allow_abbrev=False,
+        help="convert raw interactions into RecBole atomic files",
+        description="Write DATA_PATH/NAME/NAME.inter (user_id, item_id, timestamp) from a raw file.",
+    )
+    parser.add_argument("--format", required=True, choices=sorted(FORMATS),
+                        help="movielens (ratings.dat), amazon-csv (user,item,rating,timestamp), "
+                        "amazon-json (5-core reviews, .gz too), sequences (user item_1 item_2 ...)")
+    parser.add_argument("--source", required=True, help="the raw file")
+    parser.add_argument("--name", required=True, help="dataset name, e.g. amazon-office-products")
+    parser.add_argument("--data_path", default="dataset", help="RecBole's data folder (default dataset/)")
+    parser.add_argument("--force", action="store_true", help="replace an existing dataset")
+    parser.set_defaults(handler=_convert)
+
+
+def _convert(args, overrides):
+    from recbole_hybrid.convert import convert
+
+    if overrides:
+        raise UserError(f"convert takes no --key=value settings, got {', '.join(overrides)}")
+    path, rows = convert(args.source, args.name, args.format, args.data_path, args.force)
+    print(f"wrote {rows} interactions to {path}")
+
+
 def parse_overrides(arguments):
     """`--key=value` arguments -> {key: value} (values stay strings; RecBole converts them)."""
     overrides = {}
@@ -71,6 +100,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="recbole-hybrid", allow_abbrev=False)
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_run_parser(subparsers)
+    _add_convert_parser(subparsers)
     args, extra = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     try:
         import recbole_hybrid  # noqa: F401  (applies the RecBole fixes, registers models)
