@@ -218,6 +218,7 @@ def test_matrrec_ablation_switches(data_path):
     ("Mamba4Rec", {"hidden_size": 0}, r"hidden_size must be a positive integer"),
     ("MLSA4Rec", {"d_state": 0}, r"d_state must be a positive integer"),
     ("Mamba4Rec", {"mamba_init": "xavier"}, r"mamba_init must be 'authors' or 'native'"),
+    ("MaTrRec", {"mamba_impl": "fastest"}, r"mamba_impl='fastest': choose one of auto, kernel, torch"),
 ])
 def test_impossible_hyperparameters_are_explained(model, overrides, message, data_path):
     with pytest.raises(ConfigError, match=message):

@@ -110,6 +110,22 @@ def test_float32_parity(core, length):
         assert relative_error(grads[name].double(), ref_grads[name]) <= 1e-4, name
 
 
+@pytest.mark.parametrize("dtype,tolerance", [(torch.float64, 1e-9), (torch.float32, 1e-4)])
+def test_negative_steps_without_softplus(core, dtype, tolerance):
+    """mamba_ssm's semantics allow any real delta when softplus is off: decays above 1."""
+    inputs = make_inputs(30, dtype, True, True, False)
+    inputs["delta"] = (torch.randn(inputs["delta"].shape, generator=torch.Generator().manual_seed(3),
+                                   dtype=torch.float64) * 0.3).to(dtype).requires_grad_()
+    assert (inputs["delta"] < 0).any()
+    (out, last, grads), _ = run_both(inputs, False)
+    ref64 = {k: v.detach().double().requires_grad_() if v is not None else None for k, v in inputs.items()}
+    _, (ref_out, ref_last, ref_grads) = run_both(ref64, False)
+    assert relative_error(out.double(), ref_out) <= tolerance
+    assert relative_error(last.double(), ref_last) <= tolerance
+    for name in grads:
+        assert relative_error(grads[name].double(), ref_grads[name]) <= tolerance, name
+
+
 def test_gradcheck_tiny(core):
     inputs = make_inputs(CHUNK_LEN + 2, torch.float64, True, True, True, batch=1, d_inner=2, d_state=2)
     names = list(inputs)

@@ -9,6 +9,8 @@ until they are asked for.
 import importlib
 import os
 
+from recbole_hybrid.errors import ConfigError
+
 IMPLS = ("auto", "kernel", "torch")
 ENV_VAR = "RECBOLE_HYBRID_MAMBA_IMPL"
 
@@ -18,7 +20,7 @@ def requested_impl(impl=None):
     chosen = impl or os.environ.get(ENV_VAR) or "auto"
     if chosen not in IMPLS:
         source = "mamba_impl" if impl else ENV_VAR
-        raise ValueError(f"{source}={chosen!r}: choose one of {', '.join(IMPLS)}")
+        raise ConfigError(f"{source}={chosen!r}: choose one of {', '.join(IMPLS)}")
     return chosen
 
 

@@ -14,8 +14,9 @@ gradients of every input from the adjoint recurrence run in reverse, by one of t
   at a time with its state in a small buffer; backward recomputes the states.
 - `ChunkedCore`, any device, and the fallback: PyTorch over chunks of CHUNK_LEN steps,
   keeping only the state at each chunk start and recomputing a chunk's states in backward.
-Decays are exp2(delta * A * log2(e)), exponentials of non-positive numbers only (A < 0,
-delta >= 0); half-precision inputs are accumulated in float32.
+Decays are exp2(delta * A * log2(e)): with delta >= 0 (softplus, as Mamba calls it) and
+A < 0 only exponentials of non-positive numbers; half-precision inputs are accumulated in
+float32.
 """
 
 import math

@@ -20,14 +20,15 @@
 
 namespace {
 
-// 2^x for x <= 0. Double: the library's. Float: inlined so that loops over d_state vectorize:
+// 2^x. Double: the library's. Float: inlined so that loops over d_state vectorize:
 // x = k + f with k = round(x), |f| <= 1/2, 2^f by its Taylor series to degree 7 (relative
-// error below 1e-8), 2^k built in the exponent bits; below 2^-126 the result is 0.
-inline double exp2_nonpositive(double x) { return std::exp2(x); }
+// error below 1e-8), 2^k built in the exponent bits; below 2^-126 the result is 0, above
+// 2^127 infinity. (With delta >= 0, as Mamba calls it, x = dt * A * log2 e is never positive.)
+inline double exp2_fast(double x) { return std::exp2(x); }
 
-inline float exp2_nonpositive(float x) {
-  const bool underflow = x < -126.0f;
-  x = underflow ? -126.0f : x;
+inline float exp2_fast(float x) {
+  const bool underflow = x < -126.0f, overflow = x > 127.0f;
+  x = underflow ? -126.0f : (overflow ? 127.0f : x);
   const float k = std::nearbyint(x);
   const float f = (x - k) * 0.693147180559945309f;  // 2^(x-k) = e^f
   float p = 1.0f / 5040.0f;
@@ -41,7 +42,7 @@ inline float exp2_nonpositive(float x) {
   const int32_t bits = (static_cast<int32_t>(k) + 127) << 23;
   float scale;
   std::memcpy(&scale, &bits, sizeof scale);
-  return underflow ? 0.0f : p * scale;
+  return underflow ? 0.0f : (overflow ? INFINITY : p * scale);
 }
 
 // Pointers to one call's tensors; optional ones are null.
@@ -68,7 +69,7 @@ void forward_rows(const Scan<scalar_t>& s, scalar_t* out, scalar_t* last, int64_
         scalar_t y = 0;
 #pragma omp simd reduction(+ : y)
         for (int64_t n = 0; n < N; ++n) {
-          h[n] = exp2_nonpositive(dt * a2[n]) * h[n] + input * Bt[n];
+          h[n] = exp2_fast(dt * a2[n]) * h[n] + input * Bt[n];
           y += h[n] * Ct[n];
         }
         if (s.D) y += s.D[d] * s.u[row + t];
@@ -111,7 +112,7 @@ void backward_rows(const Scan<scalar_t>& s, const scalar_t* dt_derivative, const
         scalar_t yt = 0;
 #pragma omp simd reduction(+ : yt)
         for (int64_t n = 0; n < N; ++n) {
-          decay[n] = exp2_nonpositive(dt * a2[n]);
+          decay[n] = exp2_fast(dt * a2[n]);
           after[n] = decay[n] * before[n] + input * Bt[n];
           yt += after[n] * Ct[n];
         }
