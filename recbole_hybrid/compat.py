@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from recbole_hybrid import registry
-from recbole_hybrid.errors import UnknownModelError
+from recbole_hybrid.errors import ConfigError, UnknownModelError
 
 # Known noise, silenced before RecBole imports ray: ray 2.6.3 warns about pkg_resources and
 # np.bool8 at import; pandas 2 warns that RecBole's chained fillna(inplace=True) stops working in
@@ -137,19 +137,30 @@ def _fix_per_run_logging():
 def _fix_checkpoint_files():
     """Trainer names checkpoints `{model}-{time to the second}.pth`, so parallel runs overwrite
     each other; and it writes them in place, so a crash mid-write destroys the best model.
-    Give every Trainer its own file and write it atomically (temporary file, then rename)."""
+    Give every run its own file (one name for all processes of a multi-process run, chosen
+    by rank 0), write it atomically (temporary file, then rename), and let the processes of a
+    multi-process run wait for rank 0's last save before they load the best model."""
     from recbole.trainer import trainer as trainer_module
     from recbole.utils import get_local_time, set_color
 
     trainer_class = trainer_module.Trainer
     original_init = trainer_class.__init__
     original_save = trainer_class._save_checkpoint
+    original_evaluate = trainer_class.evaluate
 
     @functools.wraps(original_init)
     def __init__(self, config, model):
         original_init(self, config, model)
-        name = f"{config['model']}-{get_local_time()}-{uuid.uuid4().hex[:6]}.pth"
-        self.saved_model_file = os.path.join(self.checkpoint_dir, name)
+        name = [f"{config['model']}-{get_local_time()}-{uuid.uuid4().hex[:6]}.pth"]
+        if not config["single_spec"]:
+            torch.distributed.broadcast_object_list(name, src=0)
+        self.saved_model_file = os.path.join(self.checkpoint_dir, name[0])
+
+    @functools.wraps(original_evaluate)
+    def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
+        if load_best_model and not self.config["single_spec"]:
+            torch.distributed.barrier()
+        return original_evaluate(self, eval_data, load_best_model, model_file, show_progress)
 
     @functools.wraps(original_save)
     def _save_checkpoint(self, epoch, verbose=True, **kwargs):
@@ -164,6 +175,7 @@ def _fix_checkpoint_files():
 
     _patch("checkpoint_files", trainer_class, "__init__", __init__)
     _patch("checkpoint_files", trainer_class, "_save_checkpoint", _save_checkpoint)
+    _patch("checkpoint_files", trainer_class, "evaluate", evaluate)
 
 
 def _fix_download_barrier():
@@ -237,6 +249,72 @@ def _fix_plugin_model_defaults():
     _patch("plugin_model_defaults", Config, "_load_internal_config_dict", _load_internal_config_dict)
 
 
+def _fix_concurrent_dirs():
+    """ensure_dir checks for a folder, then creates it: when several processes start at once
+    (multi-process training, parallel trials), one of them fails with FileExistsError."""
+    import recbole.data.dataset.dataset as dataset_module
+    import recbole.data.utils as data_utils
+    import recbole.trainer.trainer as trainer_module
+    import recbole.utils
+    import recbole.utils.logger
+    import recbole.utils.utils
+
+    def ensure_dir(dir_path):
+        os.makedirs(dir_path, exist_ok=True)
+
+    for owner in (recbole.utils.utils, recbole.utils, recbole.utils.logger, trainer_module,
+                  dataset_module, data_utils):
+        _patch("concurrent_dirs", owner, "ensure_dir", ensure_dir)
+
+
+def ddp_backend(config_dict):
+    """The process-group backend of a multi-process run: the `ddp_backend` config key, else
+    nccl where CUDA is available and wanted, gloo (CPU processes) otherwise."""
+    backend = config_dict.get("ddp_backend")
+    if backend is None:
+        backend = "nccl" if torch.cuda.is_available() and config_dict.get("use_gpu", True) else "gloo"
+    if backend not in ("nccl", "gloo"):
+        raise ConfigError(f"ddp_backend must be 'nccl' or 'gloo', got {backend!r}")
+    return backend
+
+
+def _fix_ddp_on_cpu():
+    """RecBole 1.2.1 hard-wires DDP to the nccl backend and CUDA devices, so multi-process
+    training could not even start on a CPU machine. With the gloo backend, run each process
+    on the CPU, and wrap the model in DDP without device ids."""
+    from recbole.config import Config
+    from recbole.trainer import trainer as trainer_module
+
+    original_init_device = Config._init_device
+    original_trainer_init = trainer_module.AbstractTrainer.__init__
+
+    @functools.wraps(original_init_device)
+    def _init_device(self):
+        settings = self.final_config_dict
+        if "local_rank" not in settings or ddp_backend(settings) == "nccl":
+            return original_init_device(self)
+        torch.distributed.init_process_group(
+            backend="gloo",
+            rank=settings["local_rank"] + settings["offset"],
+            world_size=settings["world_size"],
+            init_method=f"tcp://{settings['ip']}:{settings['port']}",
+        )
+        settings["device"] = torch.device("cpu")
+        settings["single_spec"] = False
+        if settings["local_rank"] != 0:  # as RecBole does: only rank 0 logs and shows progress
+            settings.update(state="error", show_progress=False, verbose=False)
+
+    @functools.wraps(original_trainer_init)
+    def __init__(self, config, model):
+        if config["single_spec"] or config["device"].type != "cpu":
+            return original_trainer_init(self, config, model)
+        self.config, self.model = config, model
+        self.distributed_model = torch.nn.parallel.DistributedDataParallel(model)
+
+    _patch("ddp_on_cpu", Config, "_init_device", _init_device)
+    _patch("ddp_on_cpu", trainer_module.AbstractTrainer, "__init__", __init__)
+
+
 FIXES = {
     "numpy_aliases": _fix_numpy_aliases,
     "checkpoint_loading": _fix_checkpoint_loading,
@@ -246,6 +324,8 @@ FIXES = {
     "download_barrier": _fix_download_barrier,
     "model_lookup": _fix_model_lookup,
     "plugin_model_defaults": _fix_plugin_model_defaults,
+    "ddp_on_cpu": _fix_ddp_on_cpu,
+    "concurrent_dirs": _fix_concurrent_dirs,
 }
 
 

@@ -6,9 +6,11 @@ line's `--key=value`). The process's own `sys.argv` is never read.
 """
 
 import datetime
+import glob
 import json
 import logging
 import os
+import socket
 import sys
 import time
 from unittest import mock
@@ -28,6 +30,7 @@ from recbole.utils import (
 from texttable import Texttable
 
 from recbole_hybrid import registry
+from recbole_hybrid.compat import ddp_backend
 from recbole_hybrid.datasets import check_dataset, create_dataset
 from recbole_hybrid.errors import CheckpointError, UserError
 
@@ -184,28 +187,62 @@ def _train_and_evaluate(config, resume):
 
 
 def _run_distributed(config, config_files, overrides, nproc, world_size, ip, port, offset):
-    """RecBole's multi-process training (one process per GPU, nccl backend)."""
-    from recbole.quick_start import run as recbole_run
+    """RecBole's multi-process training: one process per GPU (nccl) or per CPU worker (gloo),
+    `world_size` processes over all nodes; rank 0 of this node logs and reports."""
+    import torch.multiprocessing as mp
 
-    if not torch.cuda.is_available():
+    world_size = nproc if world_size == -1 else world_size
+    if nproc < 1 or world_size < nproc:
         raise UserError(
-            "--nproc > 1 or --world_size: RecBole 1.2.1 trains multi-process only on CUDA GPUs "
-            "(nccl backend), and this machine has none. Run with --nproc=1."
+            f"--world_size ({world_size}) counts the processes on all nodes, so it cannot be "
+            f"smaller than --nproc ({nproc}), the processes on this node"
         )
     model, dataset = config["model"], config["dataset"]
     files, config_dict = config_inputs(model, dataset, config_files, overrides)
-    config_dict["checkpoint_dir"] = config["checkpoint_dir"]
-    result = recbole_run(
-        model, dataset, files, config_dict,
-        nproc=nproc, world_size=world_size, ip=ip, port=port, group_offset=offset,
-    )
+    backend = ddp_backend({**config.final_config_dict, **config_dict})
+    if backend == "nccl" and nproc > torch.cuda.device_count():
+        raise UserError(
+            f"--nproc={nproc} asks for one GPU per process, but {torch.cuda.device_count()} GPUs "
+            "are visible; lower --nproc, or pass --ddp_backend=gloo for CPU processes"
+        )
+    if offset == 0:
+        _check_port_free(ip, port)
+    config_dict.update(checkpoint_dir=config["checkpoint_dir"], world_size=world_size, ip=ip,
+                       port=port, nproc=nproc, offset=offset, ddp_backend=backend)
+    queue = mp.get_context("spawn").SimpleQueue()
+    mp.spawn(_distributed_worker, args=(model, dataset, files, config_dict, queue), nprocs=nproc,
+             join=True)
+    if queue.empty():  # the nodes with offset > 0 report nothing
+        return {"best_valid_score": None, "best_valid_result": {}, "test_result": {},
+                "checkpoint": None, "log_file": None}
+    result = queue.get()
+    checkpoints = sorted(glob.glob(os.path.join(config["checkpoint_dir"], f"{model}-*.pth")))
     return {
         "best_valid_score": float(result["best_valid_score"]),
         "best_valid_result": dict(result["best_valid_result"]),
         "test_result": dict(result["test_result"]),
-        "checkpoint": None,
+        "checkpoint": checkpoints[-1] if checkpoints else None,
         "log_file": None,
     }
+
+
+def _distributed_worker(local_rank, model, dataset, files, config_dict, queue):
+    """One process of a multi-process run: RecBole's run_recbole with this package imported
+    (this module's import applies the fixes and registers the models in the new process)."""
+    from recbole.quick_start import run_recbole
+
+    with mock.patch.object(sys, "argv", sys.argv[:1]):
+        run_recbole(model, dataset, files, {**config_dict, "local_rank": local_rank}, queue=queue)
+
+
+def _check_port_free(ip, port):
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((ip if ip != "localhost" else "127.0.0.1", int(port)))
+        except OSError as error:
+            raise UserError(
+                f"--port={port} on {ip} is not free ({error.strerror}); pick another with --port"
+            ) from None
 
 
 def _config_from_checkpoint(path, overrides):

@@ -14,6 +14,7 @@ from recbole.data import create_dataset, data_preparation
 from recbole.quick_start import load_data_and_model
 from recbole.trainer import HyperTuning, Trainer
 import recbole.utils
+import recbole.utils.logger
 
 from conftest import write_tiny_dataset
 from recbole_hybrid import compat
@@ -197,3 +198,21 @@ def test_without_the_fix_metrics_need_a_config_first():
     with compat.reverted("numpy_aliases"):
         with pytest.raises(AttributeError, match="float"):
             _ndcg_of_one_hit()
+
+
+def _create_after_another_process(tmp_path, monkeypatch):
+    """The race: the folder does not exist when checked, and exists when created."""
+    folder = tmp_path / "log"
+    folder.mkdir()
+    monkeypatch.setattr("os.path.exists", lambda path: False if str(path) == str(folder) else True)
+    recbole.utils.logger.ensure_dir(str(folder))  # looked up now: reverted() swaps it
+
+
+def test_folders_created_by_another_process_meanwhile_are_fine(tmp_path, monkeypatch):
+    _create_after_another_process(tmp_path, monkeypatch)
+
+
+def test_without_the_fix_a_concurrent_start_fails(tmp_path, monkeypatch):
+    with compat.reverted("concurrent_dirs"):
+        with pytest.raises(FileExistsError):
+            _create_after_another_process(tmp_path, monkeypatch)

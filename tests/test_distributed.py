@@ -1,0 +1,88 @@
+"""Multi-process training on CPU (gloo) and the clear errors for impossible settings."""
+
+import glob
+import json
+import socket
+
+import pytest
+import torch
+from recbole.config import Config
+from recbole.trainer import Trainer
+from recbole.utils import get_model
+
+from recbole_hybrid import compat
+from test_run import flags, run_script
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def one_process_group(tiny):
+    """Settings of rank 0 in a one-process group, as each spawned worker gets them."""
+    settings = dict(tiny, train_neg_sample_args=None, local_rank=0, world_size=1, nproc=1,
+                    offset=0, ip="127.0.0.1", port=free_port(),
+                    load_col={"inter": ["user_id", "item_id", "timestamp"]})
+    yield settings
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+def test_a_worker_gets_a_gloo_group_and_a_cpu_ddp_model(one_process_group):
+    config = Config("SASRec", "tiny", config_dict=one_process_group)
+    assert torch.distributed.get_backend() == "gloo" and config["device"].type == "cpu"
+    assert config["single_spec"] is False
+    from recbole.data import create_dataset, data_preparation
+
+    train, _, _ = data_preparation(config, create_dataset(config))
+    trainer = Trainer(config, get_model("SASRec")(config, train._dataset))
+    assert isinstance(trainer.distributed_model, torch.nn.parallel.DistributedDataParallel)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with GPUs RecBole's own nccl path works")
+def test_without_the_fix_a_worker_needs_nccl_and_cuda(one_process_group):
+    with compat.reverted("ddp_on_cpu"):
+        with pytest.raises(RuntimeError, match="NCCL"):  # on this CPU build of torch
+            Config("SASRec", "tiny", config_dict=one_process_group)
+
+
+def test_two_cpu_processes_train_and_rank_0_reports(tiny, workdir):
+    settings = dict(tiny, epochs=2)
+    results = {}
+    for nproc in (2, 1):
+        done = run_script("--model=MaTrRec", "--dataset=tiny", f"--nproc={nproc}",
+                          f"--port={free_port()}", f"--output_dir=runs{nproc}", *flags(settings),
+                          cwd=workdir, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert "ndcg@10" in done.stdout and "hit@10" in done.stdout
+        (results_file,) = glob.glob(str(workdir / f"runs{nproc}" / "*" / "results.json"))
+        results[nproc] = json.load(open(results_file))
+    assert results[2].keys() == results[1].keys()
+    assert results[2]["test_result"].keys() == results[1]["test_result"].keys()
+    assert 0 <= results[2]["test_result"]["ndcg@10"] <= 1
+    assert results[2]["checkpoint"] and results[2]["checkpoint"].endswith(".pth")
+
+
+def test_world_size_smaller_than_nproc_is_explained(workdir):
+    done = run_script("--model=SASRec", "--nproc=2", "--world_size=1", cwd=workdir)
+    assert done.returncode == 2 and "cannot be smaller than --nproc (2)" in done.stderr
+
+
+def test_port_in_use_is_explained(tiny, workdir):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = run_script("--model=SASRec", "--dataset=tiny", "--nproc=2", f"--port={port}",
+                          *flags(tiny), cwd=workdir)
+    assert done.returncode == 2 and f"--port={port}" in done.stderr and "not free" in done.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without GPUs")
+def test_nccl_without_gpus_is_explained(tiny, workdir):
+    done = run_script("--model=SASRec", "--dataset=tiny", "--nproc=2", "--ddp_backend=nccl",
+                      *flags(tiny), cwd=workdir)
+    assert done.returncode == 2 and "0 GPUs are visible" in done.stderr
