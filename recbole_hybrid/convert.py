@@ -28,22 +28,18 @@ class MalformedInputError(UserError, ValueError):
     """Rows that do not fit the declared format."""
 
 
-def _movielens(line):
-    fields = line.split("::")
-    if len(fields) != 4:
-        raise ValueError(f"expected 4 fields separated by '::' (UserID::MovieID::Rating::Timestamp), got {len(fields)}")
-    user, item, rating, timestamp = fields
-    _number(rating, "Rating")
-    return [(user, item, _number(timestamp, "Timestamp"))]
+def _ratings(separator, layout):
+    """A parser of `user<sep>item<sep>rating<sep>timestamp` lines."""
 
+    def parse(line):
+        fields = line.split(separator)
+        if len(fields) != 4:
+            raise ValueError(f"expected 4 fields separated by {separator!r} ({layout}), got {len(fields)}")
+        user, item, rating, timestamp = fields
+        _number(rating, "rating")
+        return [(user, item, _number(timestamp, "timestamp"))]
 
-def _amazon_csv(line):
-    fields = line.split(",")
-    if len(fields) != 4:
-        raise ValueError(f"expected 4 comma-separated fields (user,item,rating,timestamp), got {len(fields)}")
-    user, item, rating, timestamp = fields
-    _number(rating, "rating")
-    return [(user, item, _number(timestamp, "timestamp"))]
+    return parse
 
 
 def _amazon_json(line):
@@ -69,8 +65,8 @@ def _sequences(line):
 
 
 FORMATS = {
-    "movielens": _movielens,
-    "amazon-csv": _amazon_csv,
+    "movielens": _ratings("::", "UserID::MovieID::Rating::Timestamp"),
+    "amazon-csv": _ratings(",", "user,item,rating,timestamp"),
     "amazon-json": _amazon_json,
     "sequences": _sequences,
 }

@@ -231,6 +231,8 @@ def _distributed_worker(local_rank, model, dataset, files, config_dict, queue):
     (this module's import applies the fixes and registers the models in the new process)."""
     from recbole.quick_start import run_recbole
 
+    if config_dict["ddp_backend"] == "gloo":  # CPU processes share the cores, not each take all
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // config_dict["nproc"]))
     with mock.patch.object(sys, "argv", sys.argv[:1]):
         run_recbole(model, dataset, files, {**config_dict, "local_rank": local_rank}, queue=queue)
 

@@ -59,7 +59,7 @@ def test_each_format_writes_typed_atomic_files(fmt, text, compress, tmp_path):
 
 @pytest.mark.parametrize("fmt,text,message", [
     ("movielens", "1::10::5::978300760\n1::20::5\n", r"line 2: expected 4 fields separated by '::'"),
-    ("movielens", "1::10::five::978300760\n", r"line 1: Rating 'five' is not a number"),
+    ("movielens", "1::10::five::978300760\n", r"line 1: rating 'five' is not a number"),
     ("amazon-csv", "A1,B1,5.0,yesterday\n", r"line 1: timestamp 'yesterday' is not a number"),
     ("amazon-json", '{"reviewerID": "A1", "asin": "B1"}\n', r"line 1: missing unixReviewTime"),
     ("amazon-json", "not json\n", r"line 1: not a JSON object"),
