@@ -1,5 +1,6 @@
 """Mamba4Rec, MaTrRec, MLSA4Rec: shapes, scoring, causality, padding, learning, checkpoints."""
 
+import copy
 import json
 import os
 import subprocess
@@ -162,8 +163,13 @@ def test_state_dict_moves_between_mamba_paths(model, data_path, monkeypatch):
         mamba_ssm = pytest.importorskip("mamba_ssm")
         for block in blocks:
             theirs = mamba_ssm.Mamba(d_model=block.d_model, d_state=block.d_state,
-                                     d_conv=block.d_conv, expand=block.expand)
+                                     d_conv=block.d_conv, expand=block.expand).cuda()
             theirs.load_state_dict(block.state_dict())
+            ours = copy.deepcopy(block).cuda()
+            ours.impl = "torch"  # this package's own scan, against their kernels
+            x = torch.randn(3, 10, block.d_model, device="cuda")
+            with torch.no_grad():
+                assert torch.allclose(theirs(x), ours(x), rtol=1e-4, atol=1e-5)
 
 
 def test_authors_and_native_mamba_initialisation(data_path):
