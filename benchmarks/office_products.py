@@ -2,7 +2,7 @@
 Recall@5/10/20 and NDCG@10 next to the published values (MaTrRec paper, Table 2).
 
     python benchmarks/office_products.py [--models MaTrRec,Mamba4Rec,MLSA4Rec,SASRec]
-        [--output runs/office] [--key=value ...]
+        [--output runs/office] [--source Office_Products.txt] [--key=value ...]
 
 Protocol: ../shared/datasets/Office_Products.txt converted (position as timestamp), 5-core,
 leave-one-out, full ranking over all items, length 50, batch 2048, Adam 1e-3, early stopping
@@ -48,10 +48,11 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="MaTrRec,Mamba4Rec,MLSA4Rec,SASRec")
     parser.add_argument("--output", default="runs/office")
+    parser.add_argument("--source", default=SOURCE, help="the sequence-per-line file")
     args, extra = parser.parse_known_args()
     overrides = parse_overrides(extra)
     data_path = tempfile.mkdtemp(prefix="office-")
-    convert(SOURCE, DATASET, "sequences", data_path)
+    convert(args.source, DATASET, "sequences", data_path)
     rows = []
     for model in args.models.split(","):
         settings = {**PROTOCOL, **PER_MODEL.get(model, {}), "data_path": data_path, **overrides}
@@ -59,15 +60,18 @@ def main():
         rows.append((model, result))
         print(f"{model}: {result['test_result']} ({result['seconds']:.0f} s, {result['results_file']})",
               flush=True)
-    print("\n| model | " + " | ".join(f"{c} (paper)" for c in COLUMNS) + " | seconds |")
-    print("| --- |" + " --- |" * (len(COLUMNS) + 1))
+    print("\n| model | " + " | ".join(f"{c} (paper)" for c in COLUMNS)
+          + " | epochs | s/epoch | peak MiB | seconds |")
+    print("| --- |" + " --- |" * (len(COLUMNS) + 4))
     for model, result in rows:
         published = PUBLISHED.get(model)
         cells = [
             f"{result['test_result'][c]:.4f}" + (f" ({published[i]:.4f})" if published else " (n/a)")
             for i, c in enumerate(COLUMNS)
         ]
-        print(f"| {model} | " + " | ".join(cells) + f" | {result['seconds']:.0f} |")
+        print(f"| {model} | " + " | ".join(cells) + f" | {result['epochs_run']} | "
+              f"{result['train_seconds_per_epoch']:.1f} | {result['peak_memory_mb']:.0f} | "
+              f"{result['seconds']:.0f} |")
 
 
 if __name__ == "__main__":

@@ -31,38 +31,10 @@ if os.environ.get("MALLOC_MMAP_THRESHOLD_") is None:
     os.execv(sys.executable, [sys.executable] + sys.argv)
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 from recbole_hybrid.modules import Mamba  # noqa: E402
 from recbole_hybrid.ops import cpu_kernel, selective_scan  # noqa: E402
-
-D_INNER, D_STATE = 128, 32
-
-
-def reference(u, delta, A, B, C, D, z, delta_bias):
-    delta = F.softplus(delta + delta_bias[:, None])
-    decay = torch.exp(torch.einsum("bdl,dn->bdln", delta, A))
-    inputs = torch.einsum("bdl,bnl,bdl->bdln", delta, B, u)
-    h = u.new_zeros(u.shape[0], u.shape[1], A.shape[1])
-    ys = []
-    for t in range(u.shape[2]):
-        h = decay[:, :, t] * h + inputs[:, :, t]
-        ys.append(torch.einsum("bdn,bn->bd", h, C[:, :, t]))
-    y = torch.stack(ys, dim=2) + u * D[:, None]
-    return y * F.silu(z)
-
-
-def lean_loop(u, delta, A, B, C, D, z, delta_bias):
-    delta = F.softplus(delta + delta_bias[:, None])
-    h = u.new_zeros(u.shape[0], u.shape[1], A.shape[1])
-    ys = []
-    for t in range(u.shape[2]):
-        dt = delta[:, :, t, None]
-        h = torch.exp(dt * A) * h + dt * u[:, :, t, None] * B[:, None, :, t]
-        ys.append((h * C[:, None, :, t]).sum(-1))
-    y = torch.stack(ys, dim=2) + u * D[:, None]
-    return y * F.silu(z)
-
+from scan_common import D_INNER, D_STATE, lean_loop, make_inputs, reference  # noqa: E402
 
 def ours(u, delta, A, B, C, D, z, delta_bias):
     return selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus=True)
@@ -86,20 +58,6 @@ IMPLEMENTATIONS = {
     "recbole-hybrid": ours,
     "recbole-hybrid fallback (PyTorch)": ours_fallback,
 }
-
-
-def make_inputs(batch, length):
-    g = torch.Generator().manual_seed(0)
-    return [
-        torch.randn(batch, D_INNER, length, generator=g).requires_grad_(),  # u
-        (torch.randn(batch, D_INNER, length, generator=g) * 0.5).requires_grad_(),  # delta
-        (-torch.rand(D_INNER, D_STATE, generator=g) * 4 - 0.1).requires_grad_(),  # A
-        torch.randn(batch, D_STATE, length, generator=g).requires_grad_(),  # B
-        torch.randn(batch, D_STATE, length, generator=g).requires_grad_(),  # C
-        torch.randn(D_INNER, generator=g).requires_grad_(),  # D
-        torch.randn(batch, D_INNER, length, generator=g).requires_grad_(),  # z
-        (torch.randn(D_INNER, generator=g) * 0.5).requires_grad_(),  # delta_bias
-    ]
 
 
 def rss_bytes():

@@ -150,6 +150,9 @@ def _train_and_evaluate(config, resume):
     model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
     logger.info(model)
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    epoch_seconds = _time_epochs(trainer)
+    if torch.device(config["device"]).type == "cuda":
+        torch.cuda.reset_peak_memory_stats(config["device"])
     if resume:
         trainer.resume_checkpoint(resume)
         if trainer.start_epoch >= config["epochs"]:
@@ -171,9 +174,13 @@ def _train_and_evaluate(config, resume):
                 else "No checkpoint had been written yet."
             )
         ) from None
+    _synchronize(config["device"])
+    inference_started = time.perf_counter()  # loading the best weights (ms) included
     test_result = trainer.evaluate(
         test_data, load_best_model=True, show_progress=config["show_progress"]
     )
+    _synchronize(config["device"])
+    inference_seconds = time.perf_counter() - inference_started
     logger.info("The running environment:\n" + get_environment(config).draw())
     logger.info(f"best valid: {best_valid_result}")
     logger.info(f"test result: {test_result}")
@@ -183,7 +190,43 @@ def _train_and_evaluate(config, resume):
         "test_result": dict(test_result),
         "checkpoint": os.path.abspath(trainer.saved_model_file),
         "log_file": _log_file(),
+        "device": str(config["device"]),
+        "parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "epochs_run": len(epoch_seconds),
+        "train_seconds_per_epoch": sum(epoch_seconds) / max(1, len(epoch_seconds)),
+        "test_inference_seconds": round(inference_seconds, 3),
+        "peak_memory_mb": _peak_memory_mb(config["device"]),
     }
+
+
+def _time_epochs(trainer):
+    """Wraps the trainer's `_train_epoch`; the returned list gets each epoch's seconds."""
+    seconds, train_epoch = [], trainer._train_epoch
+
+    def timed_train_epoch(*args, **kwargs):
+        _synchronize(trainer.device)
+        started = time.perf_counter()
+        loss = train_epoch(*args, **kwargs)
+        _synchronize(trainer.device)
+        seconds.append(time.perf_counter() - started)
+        return loss
+
+    trainer._train_epoch = timed_train_epoch
+    return seconds
+
+
+def _synchronize(device):
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _peak_memory_mb(device):
+    """CUDA: the most memory tensors took on the device; CPU: the process's peak resident set."""
+    if torch.device(device).type == "cuda":
+        return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def _run_distributed(config, config_files, overrides, nproc, world_size, ip, port, offset):

@@ -46,6 +46,15 @@ def test_causal_conv1d_is_left_padded_depthwise_conv():
         causal_conv1d(x, weight, bias, "relu")
 
 
+def test_causal_conv1d_kernel_is_optional_as_in_mamba_ssm():
+    """mamba_impl='kernel' forces mamba_ssm's scan; without a causal_conv1d kernel for these
+    tensors (none on CPU) the convolution is PyTorch's, not an error."""
+    torch.manual_seed(0)
+    x, weight, bias = torch.randn(2, 4, 7), torch.randn(4, 3), torch.randn(4)
+    assert torch.equal(causal_conv1d(x, weight, bias, "silu", impl="kernel"),
+                       causal_conv1d(x, weight, bias, "silu", impl="torch"))
+
+
 def block_by_definition(block, x):
     """The block's forward, written out from SPEC section 3 with the test's reference scan."""
     length = x.shape[1]
