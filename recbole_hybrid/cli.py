@@ -1,4 +1,5 @@
 """The `recbole-hybrid` command. Subcommands: `run` (train and evaluate one model),
+`compare` (a grid of models x datasets into one table), `tune` (hyperparameter search),
 `convert` (raw interaction files to RecBole atomic files)."""
 
 import argparse
@@ -54,6 +55,97 @@ def _run(args, overrides):
         print(f"best checkpoint: {result['checkpoint']}")
 
 
+def _add_compare_parser(subparsers):
+    from recbole_hybrid.compare import DEFAULT_MODELS
+
+    parser = subparsers.add_parser(
+        "compare",
+        allow_abbrev=False,
+        help="train a grid of models x datasets and tabulate them",
+        description=(
+            "Train and evaluate every model on every dataset, each cell in a fresh process, "
+            "appending each finished cell to OUTPUT/results.jsonl: a second run resumes, "
+            "skipping finished cells. Writes table.md/.csv/.tex, metrics.png, efficiency.png. "
+            "--key=value settings apply to every cell."
+        ),
+    )
+    parser.add_argument("--grid", default=None, help="grid yaml (models, datasets, settings, ...)")
+    parser.add_argument("--models", default=None,
+                        help=f"comma-separated (default: {','.join(DEFAULT_MODELS)})")
+    parser.add_argument("--datasets", default=None, help="comma-separated dataset names")
+    parser.add_argument("--config_files", nargs="+", default=[], help="yaml files for every cell")
+    parser.add_argument("--output", default="comparison", help="output folder (default comparison/)")
+    parser.add_argument("--rerun", action="store_true", help="run finished cells again")
+    parser.add_argument("--ours", default=None, help="the model of the improvement columns (MaTrRec)")
+    parser.add_argument("--baselines", default=None, help="comma-separated (SASRec,Mamba4Rec)")
+    parser.add_argument("--metrics", default=None, help="table metrics (recall@10,ndcg@10)")
+    parser.set_defaults(handler=_compare)
+
+
+def _compare(args, overrides):
+    from recbole_hybrid.compare import compare, load_grid
+
+    def names(text):
+        return [n.strip() for n in text.split(",") if n.strip()] if text else None
+
+    grid = load_grid(
+        args.grid, names(args.models), names(args.datasets),
+        [f for group in args.config_files for f in group.split()], overrides,
+        ours=args.ours, baselines=names(args.baselines), metrics=names(args.metrics),
+    )
+    try:
+        compare(grid, args.output, rerun=args.rerun, log=lambda line: print(line, flush=True))
+    except KeyboardInterrupt:
+        raise UserError(f"interrupted: finished cells are in {args.output}/results.jsonl; "
+                        "run the same command again to resume") from None
+    print(f"tables and figures: {args.output}/table.md, table.csv, table.tex, metrics.png, "
+          "efficiency.png")
+
+
+def _add_tune_parser(subparsers):
+    parser = subparsers.add_parser(
+        "tune",
+        allow_abbrev=False,
+        help="search hyperparameters with RecBole's HyperTuning (hyperopt) or Ray Tune",
+        description=(
+            "Search the space of --params_file (RecBole's format, e.g. properties/hyper/"
+            "MaTrRec.hyper) with hyperopt (RecBole's HyperTuning, one trial after another) or "
+            "Ray Tune (parallel trials, ASHA early stopping, local or --ray_address). Writes "
+            "OUTPUT/trials.md, trials.csv and best.yaml. --key=value applies to every trial."
+        ),
+    )
+    from recbole_hybrid.runner import DEFAULT_DATASET, DEFAULT_MODEL
+    from recbole_hybrid.tune import ALGOS, TOOLS
+
+    parser.add_argument("--model", default=DEFAULT_MODEL, help=f"default {DEFAULT_MODEL}")
+    parser.add_argument("--dataset", default=DEFAULT_DATASET, help=f"default {DEFAULT_DATASET}")
+    parser.add_argument("--config_files", nargs="+", default=[], help="yaml files for every trial")
+    parser.add_argument("--params_file", required=True, help="the search space")
+    parser.add_argument("--tool", default="hyperopt", choices=TOOLS)
+    parser.add_argument("--algo", default="exhaustive", choices=ALGOS)
+    parser.add_argument("--max_evals", type=int, default=10,
+                        help="trials for random/bayes (exhaustive runs every point)")
+    parser.add_argument("--output", default="tuning", help="output folder (default tuning/)")
+    parser.add_argument("--ray_address", default=None,
+                        help="join a running Ray cluster (e.g. 10.0.0.1:6379); default: a local Ray")
+    parser.add_argument("--resume", action="store_true", help="continue the Ray experiment in --output")
+    parser.add_argument("--cpus_per_trial", type=int, default=1)
+    parser.add_argument("--gpus_per_trial", type=float, default=None,
+                        help="Ray: GPUs per trial (default 1 where the cluster has GPUs; 0.5 shares one)")
+    parser.add_argument("--max_failures", type=int, default=1, help="Ray: retries of a failing trial")
+    parser.set_defaults(handler=_tune)
+
+
+def _tune(args, overrides):
+    from recbole_hybrid.tune import tune
+
+    tune(args.model, args.dataset, args.params_file, args.tool, args.algo, args.max_evals,
+         [f for group in args.config_files for f in group.split()], overrides, args.output,
+         ray_address=args.ray_address, resume=args.resume, cpus_per_trial=args.cpus_per_trial,
+         gpus_per_trial=args.gpus_per_trial, max_failures=args.max_failures,
+         log=lambda line: print(line, flush=True))
+
+
 def _add_convert_parser(subparsers):
     from recbole_hybrid.convert import FORMATS
 
@@ -100,6 +192,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="recbole-hybrid", allow_abbrev=False)
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_run_parser(subparsers)
+    _add_compare_parser(subparsers)
+    _add_tune_parser(subparsers)
     _add_convert_parser(subparsers)
     args, extra = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     try:

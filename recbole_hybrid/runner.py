@@ -95,11 +95,14 @@ def run(
     ip="localhost",
     port="5678",
     group_offset=0,
+    callback=None,
 ):
     """Train, evaluate on the test split, write `<run folder>/results.json`; return it as a dict.
 
     `resume` continues an interrupted run from its checkpoint, in its own run folder, with
-    the checkpoint's configuration (`overrides` still apply, e.g. more epochs).
+    the checkpoint's configuration (`overrides` still apply, e.g. more epochs). `callback`
+    is RecBole's `callback_fn(epoch_idx, valid_score)`, called after each validation.
+    Without `model` / `dataset`, the last of `config_files` that names one decides.
     """
     distributed = nproc > 1 or world_size > 0
     if resume:
@@ -108,7 +111,9 @@ def run(
         config = _config_from_checkpoint(resume, overrides)
         run_dir = os.path.dirname(os.path.abspath(resume))
     else:
-        model, dataset = model or DEFAULT_MODEL, dataset or DEFAULT_DATASET
+        named = _read_yamls([f for f in config_files if os.path.isfile(f)])
+        model = model or named.get("model") or DEFAULT_MODEL
+        dataset = dataset or named.get("dataset") or DEFAULT_DATASET
         config = build_config(model, dataset, config_files, overrides)
         check_dataset(config)
         run_dir = _new_run_dir(output_dir, model, dataset)
@@ -121,11 +126,12 @@ def run(
             config, config_files, overrides, nproc, world_size, ip, port, group_offset
         )
     else:
-        result = _train_and_evaluate(config, resume)
+        result = _train_and_evaluate(config, resume, callback)
     result.update(
         model=config["model"],
         dataset=config["dataset"],
         valid_metric=config["valid_metric"],
+        valid_metric_bigger=config["valid_metric_bigger"],
         resumed_from=resume,
         seconds=round(time.time() - started, 1),
         finished=datetime.datetime.now().isoformat(timespec="seconds"),
@@ -137,7 +143,7 @@ def run(
     return result
 
 
-def _train_and_evaluate(config, resume):
+def _train_and_evaluate(config, resume, callback=None):
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
     logger = logging.getLogger()
@@ -162,7 +168,8 @@ def _train_and_evaluate(config, resume):
             )
     try:
         best_valid_score, best_valid_result = trainer.fit(
-            train_data, valid_data, saved=True, show_progress=config["show_progress"]
+            train_data, valid_data, saved=True, show_progress=config["show_progress"],
+            callback_fn=callback,
         )
     except KeyboardInterrupt:
         saved = trainer.saved_model_file

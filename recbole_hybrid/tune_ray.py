@@ -1,0 +1,159 @@
+"""The Ray Tune engine (Ray 2.6: `tune.Tuner`, `ray.air.session.report`).
+
+Each trial is a function trainable that runs `recbole_hybrid.run` and reports the valid
+score after every epoch through RecBole's `callback_fn`, so ASHA stops bad trials early.
+Trials get `cpus_per_trial` CPUs (and as many torch threads) and, where the cluster has
+GPUs, `gpus_per_trial` GPUs (default 1; a fraction shares a GPU). RecBole's Config would
+point CUDA_VISIBLE_DEVICES at its `gpu_id` (default "0"): each trial passes the GPU Ray gave
+it instead. The experiment lives in `<output>/ray/search`; `resume` restores it and runs
+only the trials that had not finished.
+"""
+
+import math
+import os
+import traceback
+
+from recbole_hybrid.errors import UserError
+from recbole_hybrid.tune import EXPERIMENT, as_config_values, trial_record
+
+
+def ray_space(space, algo):
+    """The params file's space in Ray Tune's terms (hyperopt's own for bayes)."""
+    from ray import tune
+
+    if algo == "exhaustive":  # tune() has checked that every parameter is a choice
+        return {name: tune.grid_search(values) for name, (_, values) in space.items()}
+    make = {
+        "choice": lambda v: tune.choice(v),
+        "uniform": lambda v: tune.uniform(*v),
+        # Ray 2.6's quniform does not quantize when q == 1: integral ranges use qrandint
+        "quniform": lambda v: (tune.qrandint(*(int(x) for x in v))
+                               if all(x.is_integer() for x in v) else tune.quniform(*v)),
+        "loguniform": lambda v: tune.loguniform(math.exp(v[0]), math.exp(v[1])),
+    }
+    return {name: make[kind](value) for name, (kind, value) in space.items()}
+
+
+def trainable(config, search, space, cpus):
+    """One trial, in a Ray worker: its cwd and argv are Ray's, so nothing here uses them."""
+    import torch
+    from ray.air import session
+
+    import recbole_hybrid  # noqa: F401  (the fixes and the models, in this worker)
+
+    torch.set_num_threads(cpus)
+    params = as_config_values(config, space)
+    gpus = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    device = {"use_gpu": True, "gpu_id": gpus} if gpus else {"use_gpu": False}
+
+    def report(epoch, valid_score):
+        session.report({"valid_score": float(valid_score), "epoch": epoch})
+
+    result = search.run_trial({**params, **device}, callback=report)
+    session.report({"valid_score": float(result["best_valid_score"]), "final": 1,
+                    "results_file": result["results_file"],
+                    **{f"test/{k}": float(v) for k, v in result["test_result"].items()}})
+
+
+def run_ray(search, space, algo, max_evals, *, ray_address=None, resume=False,
+            cpus_per_trial=1, gpus_per_trial=None, max_failures=1, log=print):
+    import ray
+    from ray import air, tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    path = os.path.join(search.output, "ray", EXPERIMENT)
+    exists = os.path.isfile(os.path.join(path, "tuner.pkl"))
+    if resume and not exists:
+        raise UserError(f"--resume: no Ray Tune experiment in {path}")
+    if exists and not resume:
+        raise UserError(f"{path} holds a Ray Tune experiment already: pass --resume to continue "
+                        "it, or another --output for a new search")
+    if ray_address:
+        ray.init(address=ray_address, log_to_driver=False)
+    else:
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    try:
+        gpus = ray.cluster_resources().get("GPU", 0)
+        if gpus_per_trial is None:
+            gpus_per_trial = 1 if gpus else 0
+        if gpus_per_trial > gpus:
+            raise UserError(f"--gpus_per_trial={gpus_per_trial}, but the Ray cluster has {gpus:g} GPUs")
+        resources = {"cpu": cpus_per_trial, "gpu": gpus_per_trial}
+        function = tune.with_resources(
+            tune.with_parameters(trainable, search=search, space=space, cpus=cpus_per_trial),
+            resources)
+        mode = "max" if search.bigger else "min"
+        if resume:
+            tuner = tune.Tuner.restore(path, trainable=function, resume_unfinished=True,
+                                       resume_errored=True)
+            log(f"resuming the Ray Tune experiment in {path}")
+        else:
+            tuner = tune.Tuner(
+                function,
+                param_space=ray_space(space, algo),
+                tune_config=tune.TuneConfig(
+                    metric="valid_score", mode=mode,
+                    num_samples=1 if algo == "exhaustive" else max_evals,
+                    scheduler=ASHAScheduler(time_attr="training_iteration", grace_period=1,
+                                            reduction_factor=2,
+                                            max_t=int(search.overrides.get("epochs", 300)) + 1),
+                    search_alg=_search_alg(space, algo, mode),
+                ),
+                run_config=air.RunConfig(
+                    name=EXPERIMENT, storage_path=os.path.join(search.output, "ray"),
+                    failure_config=air.FailureConfig(max_failures=max_failures),
+                    verbose=1,
+                ),
+            )
+            log(f"Ray Tune {algo} search of {search.model} on {search.dataset} with ASHA, "
+                f"{resources} per trial, on {ray.cluster_resources().get('CPU', 0):g} CPUs / "
+                f"{gpus:g} GPUs")
+        results = tuner.fit()
+        # Ctrl-C makes Ray stop gracefully and return: its unfinished trials are not results
+        # (a ResultGrid lists its results in the order of its analysis' trials)
+        statuses = [trial.status for trial in results._experiment_analysis.trials]
+        trials = [_trial(result, space, status) for result, status in zip(results, statuses)]
+        unfinished = sum(t["status"] == "unfinished" for t in trials)
+        if unfinished:
+            log(f"interrupted with {unfinished} trials unfinished: continue with --resume")
+        return trials
+    finally:
+        ray.shutdown()
+
+
+def _search_alg(space, algo, mode):
+    if algo != "bayes":
+        return None
+    from ray.tune.search.hyperopt import HyperOptSearch
+
+    from recbole.trainer import HyperTuning
+
+    return HyperOptSearch(space=HyperTuning._build_space_from_dict(_as_dict(space)),
+                          metric="valid_score", mode=mode)
+
+
+def _as_dict(space):
+    """RecBole's params_dict form of the space, for its own hyperopt translation."""
+    return {kind: {name: list(value) for name, (k, value) in space.items() if k == kind}
+            for kind in {k for k, _ in space.values()}}
+
+
+def _trial(result, space, status):
+    params = as_config_values(result.config or {}, space)
+    if status in ("PENDING", "RUNNING", "PAUSED"):
+        return {"params": params, "status": "unfinished"}
+    if result.error is not None:
+        return trial_record(params, error="".join(traceback.format_exception_only(result.error)))
+    history = result.metrics_dataframe
+    scores = history["valid_score"].dropna() if history is not None else []
+    final = result.metrics or {}
+    if not len(scores):
+        return trial_record(params, error="no epoch was reported")
+    record = trial_record(params, {
+        "best_valid_score": float(final["valid_score"] if final.get("final") else scores.max()),
+        "test_result": {k[5:]: v for k, v in final.items() if k.startswith("test/")},
+        "results_file": final.get("results_file"),
+    })
+    if not final.get("final"):
+        record["status"] = "stopped"  # ASHA stopped it: scored by its best reported epoch
+    return record
