@@ -38,6 +38,8 @@ DEFAULT_MODEL = "MaTrRec"
 DEFAULT_DATASET = "ml-100k"
 REPOSITORY_PROPERTIES = os.path.join(os.path.dirname(os.path.dirname(__file__)), "properties")
 RESULTS_FILE = "results.json"
+EFFICIENCY_KEYS = ("parameters", "epochs_run", "train_seconds_per_epoch", "test_inference_seconds",
+                   "peak_memory_mb")
 
 
 def dataset_config_file(dataset):
@@ -262,9 +264,11 @@ def _run_distributed(config, config_files, overrides, nproc, world_size, ip, por
     queue = mp.get_context("spawn").SimpleQueue()
     mp.spawn(_distributed_worker, args=(model, dataset, files, config_dict, queue), nprocs=nproc,
              join=True)
+    # RecBole's workers report metrics only: the efficiency figures are not measured here
+    unmeasured = {**dict.fromkeys(EFFICIENCY_KEYS), "device": f"{nproc} {backend} processes"}
     if queue.empty():  # the nodes with offset > 0 report nothing
         return {"best_valid_score": None, "best_valid_result": {}, "test_result": {},
-                "checkpoint": None, "log_file": None}
+                "checkpoint": None, "log_file": None, **unmeasured}
     result = queue.get()
     checkpoints = sorted(glob.glob(os.path.join(config["checkpoint_dir"], f"{model}-*.pth")))
     return {
@@ -273,6 +277,7 @@ def _run_distributed(config, config_files, overrides, nproc, world_size, ip, por
         "test_result": dict(result["test_result"]),
         "checkpoint": checkpoints[-1] if checkpoints else None,
         "log_file": None,
+        **unmeasured,
     }
 
 
