@@ -90,7 +90,8 @@ def run_ray(search, space, algo, max_evals, *, ray_address=None, resume=False,
         else:
             tuner = tune.Tuner(
                 function,
-                param_space=ray_space(space, algo),
+                # bayes: the space lives in HyperOptSearch, which refuses a second one here
+                param_space={} if algo == "bayes" else ray_space(space, algo),
                 tune_config=tune.TuneConfig(
                     metric="valid_score", mode=mode,
                     num_samples=1 if algo == "exhaustive" else max_evals,

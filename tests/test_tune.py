@@ -181,3 +181,15 @@ def test_two_trials_through_ray_address_on_a_head_started_with_ray_start(
         assert len(trials) == 2 and trials[0]["status"] == "ok"
     finally:
         subprocess.run([ray, "stop", "--force"], capture_output=True, env=environment, timeout=120)
+
+
+def test_bayes_search_with_both_engines(tmp_path, ray_settings, workdir):
+    """hyperopt's TPE through HyperTuning, and through Ray's HyperOptSearch (which takes the
+    space itself: none may be passed to the Tuner too)."""
+    space = params_file(tmp_path, RANGES)
+    for tool in ("hyperopt", "ray"):
+        output = str(workdir / tool)
+        tune("SASRec", "tiny", space, tool, "bayes", max_evals=2,
+             overrides={**ray_settings, "epochs": 2}, output=output, log=lambda _: None)
+        trials = read_trials(output)
+        assert len(trials) == 2 and trials[0]["status"] == "ok", trials
