@@ -116,8 +116,8 @@ def scan_table(batch, length, repeats):
             times[name]["peak"].append(peak)
     ours_fb = statistics.median(times["recbole-hybrid"]["forward+backward"])
     ours_peak = statistics.median(times["recbole-hybrid"]["peak"])
-    print(f"| implementation | forward s | forward+backward s | peak memory GiB | "
-          f"fwd+bwd time / recbole-hybrid | peak / recbole-hybrid |")
+    print("| implementation | forward s | forward+backward s | peak memory GiB | "
+          "fwd+bwd time / recbole-hybrid | peak / recbole-hybrid |")
     print("| --- | --- | --- | --- | --- | --- |")
     for name, t in times.items():
         fb, peak = statistics.median(t["forward+backward"]), statistics.median(t["peak"])

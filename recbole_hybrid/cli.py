@@ -8,17 +8,32 @@ import sys
 from recbole_hybrid.errors import UserError
 
 
+def _subparser(subparsers, name, summary, description, handler):
+    """A subcommand whose extra `--key=value` arguments become RecBole settings."""
+    parser = subparsers.add_parser(name, allow_abbrev=False, help=summary, description=description)
+    parser.set_defaults(handler=handler)
+    return parser
+
+
+def _config_files(args):
+    """--config_files as RecBole takes them: several arguments, or one space-separated."""
+    return [f for group in args.config_files for f in group.split()]
+
+
+def _print_line(line):
+    print(line, flush=True)
+
+
 def _add_run_parser(subparsers):
-    parser = subparsers.add_parser(
-        "run",
-        allow_abbrev=False,
-        help="train and evaluate one model on one dataset",
-        description=(
+    parser = _subparser(
+        subparsers, "run", "train and evaluate one model on one dataset",
+        (
             "Train and evaluate one model (a recbole-hybrid model or any RecBole model) on one "
             "dataset. Any other --key=value sets a RecBole config key, e.g. --epochs=5 "
             "--learning_rate=0.002 --data_path=/data. Precedence: the model's defaults < "
             "properties/dataset/<dataset>.yaml < --config_files (in order) < --key=value."
         ),
+        _run,
     )
     from recbole_hybrid.runner import DEFAULT_DATASET, DEFAULT_MODEL
 
@@ -37,15 +52,13 @@ def _add_run_parser(subparsers):
     parser.add_argument("--port", default="5678", help="port of the rank-0 node")
     parser.add_argument("--world_size", type=int, default=-1, help="processes on all nodes")
     parser.add_argument("--group_offset", type=int, default=0, help="first global rank of this node")
-    parser.set_defaults(handler=_run)
 
 
 def _run(args, overrides):
     from recbole_hybrid.runner import format_results, run
 
-    config_files = [f for group in args.config_files for f in group.split()]
     result = run(
-        args.model, args.dataset, config_files, overrides,
+        args.model, args.dataset, _config_files(args), overrides,
         resume=args.resume, output_dir=args.output_dir, nproc=args.nproc,
         world_size=args.world_size, ip=args.ip, port=args.port, group_offset=args.group_offset,
     )
@@ -58,16 +71,15 @@ def _run(args, overrides):
 def _add_compare_parser(subparsers):
     from recbole_hybrid.compare import DEFAULT_MODELS
 
-    parser = subparsers.add_parser(
-        "compare",
-        allow_abbrev=False,
-        help="train a grid of models x datasets and tabulate them",
-        description=(
+    parser = _subparser(
+        subparsers, "compare", "train a grid of models x datasets and tabulate them",
+        (
             "Train and evaluate every model on every dataset, each cell in a fresh process, "
             "appending each finished cell to OUTPUT/results.jsonl: a second run resumes, "
             "skipping finished cells. Writes table.md/.csv/.tex, metrics.png, efficiency.png. "
             "--key=value settings apply to every cell."
         ),
+        _compare,
     )
     parser.add_argument("--grid", default=None, help="grid yaml (models, datasets, settings, ...)")
     parser.add_argument("--models", default=None,
@@ -79,7 +91,6 @@ def _add_compare_parser(subparsers):
     parser.add_argument("--ours", default=None, help="the model of the improvement columns (MaTrRec)")
     parser.add_argument("--baselines", default=None, help="comma-separated (SASRec,Mamba4Rec)")
     parser.add_argument("--metrics", default=None, help="table metrics (recall@10,ndcg@10)")
-    parser.set_defaults(handler=_compare)
 
 
 def _compare(args, overrides):
@@ -90,11 +101,11 @@ def _compare(args, overrides):
 
     grid = load_grid(
         args.grid, names(args.models), names(args.datasets),
-        [f for group in args.config_files for f in group.split()], overrides,
+        _config_files(args), overrides,
         ours=args.ours, baselines=names(args.baselines), metrics=names(args.metrics),
     )
     try:
-        compare(grid, args.output, rerun=args.rerun, log=lambda line: print(line, flush=True))
+        compare(grid, args.output, rerun=args.rerun, log=_print_line)
     except KeyboardInterrupt:
         raise UserError(f"interrupted: finished cells are in {args.output}/results.jsonl; "
                         "run the same command again to resume") from None
@@ -103,16 +114,15 @@ def _compare(args, overrides):
 
 
 def _add_tune_parser(subparsers):
-    parser = subparsers.add_parser(
-        "tune",
-        allow_abbrev=False,
-        help="search hyperparameters with RecBole's HyperTuning (hyperopt) or Ray Tune",
-        description=(
+    parser = _subparser(
+        subparsers, "tune", "search hyperparameters with RecBole's HyperTuning (hyperopt) or Ray Tune",
+        (
             "Search the space of --params_file (RecBole's format, e.g. properties/hyper/"
             "MaTrRec.hyper) with hyperopt (RecBole's HyperTuning, one trial after another) or "
             "Ray Tune (parallel trials, ASHA early stopping, local or --ray_address). Writes "
             "OUTPUT/trials.md, trials.csv and best.yaml. --key=value applies to every trial."
         ),
+        _tune,
     )
     from recbole_hybrid.runner import DEFAULT_DATASET, DEFAULT_MODEL
     from recbole_hybrid.tune import ALGOS, TOOLS
@@ -133,27 +143,25 @@ def _add_tune_parser(subparsers):
     parser.add_argument("--gpus_per_trial", type=float, default=None,
                         help="Ray: GPUs per trial (default 1 where the cluster has GPUs; 0.5 shares one)")
     parser.add_argument("--max_failures", type=int, default=1, help="Ray: retries of a failing trial")
-    parser.set_defaults(handler=_tune)
 
 
 def _tune(args, overrides):
     from recbole_hybrid.tune import tune
 
     tune(args.model, args.dataset, args.params_file, args.tool, args.algo, args.max_evals,
-         [f for group in args.config_files for f in group.split()], overrides, args.output,
+         _config_files(args), overrides, args.output,
          ray_address=args.ray_address, resume=args.resume, cpus_per_trial=args.cpus_per_trial,
          gpus_per_trial=args.gpus_per_trial, max_failures=args.max_failures,
-         log=lambda line: print(line, flush=True))
+         log=_print_line)
 
 
 def _add_convert_parser(subparsers):
     from recbole_hybrid.convert import FORMATS
 
-    parser = subparsers.add_parser(
-        "convert",
-        allow_abbrev=False,
-        help="convert raw interactions into RecBole atomic files",
-        description="Write DATA_PATH/NAME/NAME.inter (user_id, item_id, timestamp) from a raw file.",
+    parser = _subparser(
+        subparsers, "convert", "convert raw interactions into RecBole atomic files",
+        "Write DATA_PATH/NAME/NAME.inter (user_id, item_id, timestamp) from a raw file.",
+        _convert,
     )
     parser.add_argument("--format", required=True, choices=sorted(FORMATS),
                         help="movielens (ratings.dat), amazon-csv (user,item,rating,timestamp), "
@@ -162,7 +170,6 @@ def _add_convert_parser(subparsers):
     parser.add_argument("--name", required=True, help="dataset name, e.g. amazon-office-products")
     parser.add_argument("--data_path", default="dataset", help="RecBole's data folder (default dataset/)")
     parser.add_argument("--force", action="store_true", help="replace an existing dataset")
-    parser.set_defaults(handler=_convert)
 
 
 def _convert(args, overrides):

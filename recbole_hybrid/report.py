@@ -158,11 +158,7 @@ def write_csv(path, grid, records):
 
 
 def plot_metrics(path, grid, records):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     rows, cols = len(grid.datasets), len(grid.metrics)
     figure, axes = plt.subplots(rows, cols, figsize=(max(4, 0.6 * len(grid.models)) * cols,
                                                      3.2 * rows), squeeze=False)
@@ -185,11 +181,7 @@ def plot_metrics(path, grid, records):
 
 
 def plot_efficiency(path, grid, records):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     figure, axes = plt.subplots(1, 2, figsize=(max(8, 1.0 * len(grid.models) * 2), 3.6))
     width = 0.8 / max(1, len(grid.datasets))
     for axis, (key, label) in zip(axes, [("train_seconds_per_epoch", "training s/epoch"),
@@ -208,6 +200,16 @@ def plot_efficiency(path, grid, records):
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
+
+
+def _pyplot():
+    """matplotlib's pyplot drawing to files only (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def _cell(value, paper):

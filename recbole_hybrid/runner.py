@@ -59,7 +59,7 @@ def config_inputs(model, dataset, config_files=(), overrides=None):
         if not os.path.isfile(path):
             raise UserError(f"config file not found: {path}")
     model_file = registry.model_config_file(model)
-    settings = {**_read_yamls([model_file] if model_file else []), **_read_yamls(files), **overrides}
+    settings = {**read_yamls([model_file] if model_file else []), **read_yamls(files), **overrides}
     defaults = {}
     # RecBole rejects negative sampling with loss_type CE, and its overall default samples.
     if "train_neg_sample_args" not in settings and str(settings.get("loss_type")).strip("'\"") == "CE":
@@ -113,7 +113,7 @@ def run(
         config = _config_from_checkpoint(resume, overrides)
         run_dir = os.path.dirname(os.path.abspath(resume))
     else:
-        named = _read_yamls([f for f in config_files if os.path.isfile(f)])
+        named = read_yamls([f for f in config_files if os.path.isfile(f)])
         model = model or named.get("model") or DEFAULT_MODEL
         dataset = dataset or named.get("dataset") or DEFAULT_DATASET
         config = build_config(model, dataset, config_files, overrides)
@@ -358,7 +358,7 @@ def format_results(result):
     )
 
 
-def _read_yamls(files):
+def read_yamls(files):
     settings = {}
     for path in files:
         with open(path, encoding="utf-8") as f:

@@ -130,9 +130,9 @@ class Search:
         return best
 
     def write_best_yaml(self, params):
-        from recbole_hybrid.runner import _read_yamls
+        from recbole_hybrid.runner import read_yamls
 
-        settings = {**_read_yamls(self.config_files), **self.overrides, **params,
+        settings = {**read_yamls(self.config_files), **self.overrides, **params,
                     "model": self.model, "dataset": self.dataset}
         settings = {k: _plain(v) for k, v in settings.items()}
         path = os.path.join(self.output, "best.yaml")

@@ -4,7 +4,6 @@ import itertools
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from recbole_hybrid.ops import cpu_kernel, selective_scan
 from recbole_hybrid.ops.selective_scan import CHUNK_LEN, KernelCore
