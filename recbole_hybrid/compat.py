@@ -4,14 +4,17 @@
 RecBole attributes through `_patch`, which remembers the original, so a test can `revert` a
 fix, watch the original breakage come back, and apply it again.
 
-Breakages avoided by pins instead of patches (see setup.cfg): numpy >= 2, pandas 3
-copy-on-write, setuptools >= 81 (ray 2.6.3 imports pkg_resources).
+The fixes work with numpy 1 and 2 and with Ray 2.6 and current Ray. Breakages avoided by pins
+instead (pyproject.toml): pandas 3 copy-on-write; with ray 2.6.3, numpy >= 2 and setuptools >= 81
+(ray 2.6.3 imports pkg_resources and uses np.bool8).
 """
 
 import contextlib
+import errno
 import functools
 import logging
 import os
+import shutil
 import sys
 import types
 import uuid
@@ -21,14 +24,15 @@ import numpy as np
 import torch
 
 from recbole_hybrid import registry
-from recbole_hybrid.errors import ConfigError, UnknownModelError
+from recbole_hybrid.errors import ConfigError, OutputError, UnknownModelError
 
 # Known noise, silenced before RecBole imports ray: ray 2.6.3 warns about pkg_resources and
-# np.bool8 at import; pandas 2 warns that RecBole's chained fillna(inplace=True) stops working in
-# pandas 3, which the pin excludes.
+# np.bool8 at import.
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
 warnings.filterwarnings("ignore", message="`np.bool8` is a deprecated", category=DeprecationWarning)
-warnings.filterwarnings("ignore", category=FutureWarning, module=r"recbole\.data\.")
+# Python >= 3.12 warns when it compiles the invalid escape sequences of RecBole's docstrings.
+warnings.filterwarnings("ignore", message="invalid escape sequence", category=SyntaxWarning,
+                        module=r".*[/\\]recbole[/\\]")
 # RecBole builds torch.cuda.amp.GradScaler(enabled=False) in every Trainer, deprecated in torch.
 warnings.filterwarnings("ignore", message=r".*torch\.cuda\.amp\.GradScaler", category=FutureWarning)
 
@@ -54,14 +58,37 @@ def _temporarily(owner, attribute, value):
         setattr(owner, attribute, original)
 
 
+# The aliases RecBole's Config defines, by names numpy 1 and 2 both have.
+_NUMPY_ALIASES = {"bool": np.bool_, "int": np.int_, "float": np.float64, "complex": np.complex128,
+                  "object": np.object_, "str": np.str_, "long": np.int_, "unicode": np.str_}
+
+
+def _missing_numpy_aliases():
+    """The aliases this numpy lacks (numpy 2 has `np.bool` and `np.long` again: kept as they are)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return {alias: value for alias, value in _NUMPY_ALIASES.items() if not hasattr(np, alias)}
+
+
 def _fix_numpy_aliases():
     """RecBole's metrics (NDCG, ...) use `np.float` and friends, removed in numpy 1.24.
     RecBole defines these aliases only inside `Config()`, so evaluating a model loaded from
     a checkpoint in a fresh process crashed. Define the same aliases on import."""
-    aliases = {"bool": np.bool_, "int": np.int_, "float": np.float_, "complex": np.complex_,
-               "object": np.object_, "str": np.str_, "long": np.int_, "unicode": np.unicode_}
-    for alias, numpy_type in aliases.items():
+    for alias, numpy_type in _missing_numpy_aliases().items():
         _patch("numpy_aliases", np, alias, numpy_type)
+
+
+def _fix_config_on_numpy_2():
+    """Config.compatibility_settings defines the aliases from `np.float_`, `np.complex_` and
+    `np.unicode_`, removed in numpy 2: every Config() failed with AttributeError. Define the
+    aliases this numpy lacks from names every numpy has."""
+    from recbole.config import Config
+
+    def compatibility_settings(self):
+        for alias, numpy_type in _missing_numpy_aliases().items():
+            setattr(np, alias, numpy_type)
+
+    _patch("config_on_numpy_2", Config, "compatibility_settings", compatibility_settings)
 
 
 def _fix_checkpoint_loading():
@@ -84,7 +111,7 @@ def _fix_checkpoint_loading():
 
 
 def _fix_exhaustive_search():
-    """hyperopt >= 0.2.7 samples with `rng.integers` (numpy Generator), but RecBole's
+    """hyperopt >= 0.2.7 (0.3 too) samples with `rng.integers` (numpy Generator), but RecBole's
     exhaustive_search builds a legacy `np.random.RandomState`. Run RecBole's own function
     with `np.random.RandomState` resolved to `np.random.default_rng`."""
     from recbole.trainer import hyper_tuning
@@ -168,8 +195,20 @@ def _fix_checkpoint_files():
             return
         target = kwargs.pop("saved_model_file", self.saved_model_file)
         partial = f"{target}.partial"
-        original_save(self, epoch, verbose=False, saved_model_file=partial, **kwargs)
-        os.replace(partial, target)
+        try:
+            original_save(self, epoch, verbose=False, saved_model_file=partial, **kwargs)
+            os.replace(partial, target)
+        except (OSError, RuntimeError) as error:  # torch reports a full disk as RuntimeError
+            with contextlib.suppress(OSError):
+                os.remove(partial)
+            kept = f"the previous best, {target}, is kept" if os.path.exists(target) else \
+                "no earlier checkpoint exists"
+            full = getattr(error, "errno", None) == errno.ENOSPC or \
+                shutil.disk_usage(os.path.dirname(os.path.abspath(target))).free < 2**26
+            why = "the disk is full" if full else str(error).strip().splitlines()[0]
+            raise OutputError(f"the checkpoint of epoch {epoch} could not be written to {target} "
+                              f"({why}); {kept}. Free some space or pass another "
+                              "checkpoint_dir") from None
         if verbose:
             self.logger.info(set_color("Saving current", "blue") + f": {target}")
 
@@ -267,6 +306,61 @@ def _fix_concurrent_dirs():
         _patch("concurrent_dirs", owner, "ensure_dir", ensure_dir)
 
 
+# pandas 2's warnings about RecBole's dataset code: chained fillna(inplace=True), and
+# Series.agg(len) on sequence fields.
+_PANDAS_WARNINGS = (r"A value is trying to be set on a copy of a DataFrame or Series through "
+                    r"chained assignment|using <built-in function len> in Series\.agg")
+
+
+def _fix_pandas_warnings():
+    """RecBole fills missing values with `df[field].fillna(..., inplace=True)` and splits
+    sequence fields with `Series.agg(len)`: pandas 2 does both as RecBole means, but warns
+    (FutureWarning) on every dataset load that they change with pandas 3, which the pin
+    excludes. Load with those warnings silenced."""
+    from recbole.data.dataset import dataset as dataset_module
+
+    def quiet(method):
+        @functools.wraps(method)
+        def wrapper(*args, **kwargs):
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=_PANDAS_WARNINGS, category=FutureWarning)
+                return method(*args, **kwargs)
+
+        return wrapper
+
+    for name in ("_load_feat", "_fill_nan", "_remap"):
+        method = getattr(dataset_module.Dataset, name)
+        _patch("pandas_warnings", dataset_module.Dataset, name, quiet(method))
+
+
+def ray_tune_api():
+    """The installed Ray Tune's `report(metrics)`, `RunConfig` and `FailureConfig`: ray.tune's
+    own where Ray has them (current Ray, which deprecates the ray.air ones), else Ray 2.6's."""
+    from ray import tune
+
+    if hasattr(tune, "RunConfig"):
+        return types.SimpleNamespace(report=tune.report, RunConfig=tune.RunConfig,
+                                     FailureConfig=tune.FailureConfig)
+    from ray import air
+    from ray.air import session
+
+    return types.SimpleNamespace(report=session.report, RunConfig=air.RunConfig,
+                                 FailureConfig=air.FailureConfig)
+
+
+def _fix_ray_report():
+    """RecBole's objective_function reports with `tune.report(**test_result)`, Ray 2.6's form;
+    current Ray's `tune.report(metrics)` takes one dict, so RecBole's objective failed with
+    TypeError inside a Ray trial. quick_start gets a `tune` whose report takes the keywords
+    and passes them as one dict to the installed Ray's report."""
+    import recbole.quick_start.quick_start as quick_start
+
+    def report(**metrics):
+        ray_tune_api().report(metrics)
+
+    _patch("ray_report", quick_start, "tune", types.SimpleNamespace(report=report))
+
+
 def ddp_backend(config_dict):
     """The process-group backend of a multi-process run: the `ddp_backend` config key, else
     nccl where CUDA is available and wanted, gloo (CPU processes) otherwise."""
@@ -315,8 +409,44 @@ def _fix_ddp_on_cpu():
     _patch("ddp_on_cpu", trainer_module.AbstractTrainer, "__init__", __init__)
 
 
+def _fix_negative_sampling_default():
+    """overall.yaml samples one negative per positive, and Config refuses any sampling with
+    loss_type CE: every CE model needs `train_neg_sample_args: ~`, and pinning that in a
+    model's defaults broke loss_type BPR (no negatives: KeyError 'neg_item_id' mid-training).
+    Unless the user sets train_neg_sample_args, it follows the loss: none for CE, RecBole's
+    uniform default otherwise."""
+    from recbole.config import Config
+
+    original = Config._get_final_config_dict
+
+    @functools.wraps(original)
+    def _get_final_config_dict(self):
+        final = original(self)
+        if "train_neg_sample_args" not in self.external_config_dict and final.get("loss_type") == "CE":
+            final["train_neg_sample_args"] = None
+        return final
+
+    _patch("negative_sampling_default", Config, "_get_final_config_dict", _get_final_config_dict)
+
+
+def _fix_log_file_names():
+    """init_logger names the log `<model>-<dataset>-<time to the second>-<hash of the
+    config>.log`: two runs started in the same second with the same settings (parallel
+    trials, a grid's cells) appended to one file. Give each run its own name."""
+    import recbole.utils.logger as logger_module
+
+    original = logger_module.get_local_time
+
+    @functools.wraps(original)
+    def get_local_time():
+        return f"{original()}-{uuid.uuid4().hex[:4]}"
+
+    _patch("log_file_names", logger_module, "get_local_time", get_local_time)
+
+
 FIXES = {
     "numpy_aliases": _fix_numpy_aliases,
+    "config_on_numpy_2": _fix_config_on_numpy_2,
     "checkpoint_loading": _fix_checkpoint_loading,
     "exhaustive_search": _fix_exhaustive_search,
     "per_run_logging": _fix_per_run_logging,
@@ -326,6 +456,10 @@ FIXES = {
     "plugin_model_defaults": _fix_plugin_model_defaults,
     "ddp_on_cpu": _fix_ddp_on_cpu,
     "concurrent_dirs": _fix_concurrent_dirs,
+    "negative_sampling_default": _fix_negative_sampling_default,
+    "log_file_names": _fix_log_file_names,
+    "pandas_warnings": _fix_pandas_warnings,
+    "ray_report": _fix_ray_report,
 }
 
 

@@ -7,8 +7,11 @@ import pickle
 import zipfile
 
 import numpy as np
+import pandas as pd
 import pytest
+import ray
 import torch
+from ray import tune
 from recbole.config import Config
 from recbole.data import create_dataset, data_preparation
 from recbole.quick_start import load_data_and_model
@@ -16,8 +19,11 @@ from recbole.trainer import HyperTuning, Trainer
 import recbole.utils
 import recbole.utils.logger
 
-from conftest import write_tiny_dataset
+from conftest import TINY_SASREC, write_tiny_dataset
 from recbole_hybrid import compat
+
+NUMPY_1 = int(np.__version__.split(".")[0]) < 2
+RAY_2_6 = not hasattr(tune, "RunConfig")  # Ray 2.6's tune.report takes keywords
 
 
 def tiny_setup(settings, model="SASRec"):
@@ -89,7 +95,7 @@ def test_exhaustive_search_visits_every_point_once():
     assert tuning.best_score == 24
 
 
-def test_without_the_fix_exhaustive_search_crashes_on_hyperopt_0_2_7():
+def test_without_the_fix_exhaustive_search_crashes_on_hyperopt_0_2_7_and_later():
     with compat.reverted("exhaustive_search"):
         with pytest.raises(AttributeError, match="integers"):
             _exhaustive_search(4)
@@ -216,3 +222,89 @@ def test_without_the_fix_a_concurrent_start_fails(tmp_path, monkeypatch):
     with compat.reverted("concurrent_dirs"):
         with pytest.raises(FileExistsError):
             _create_after_another_process(tmp_path, monkeypatch)
+
+
+@pytest.mark.skipif(NUMPY_1, reason="numpy 1 still has np.float_: nothing to repair")
+def test_without_the_fix_no_config_can_be_built_on_numpy_2(settings):
+    Config("SASRec", "tiny", config_dict=dict(settings, train_neg_sample_args=None))
+    with compat.reverted("config_on_numpy_2"):
+        with pytest.raises(AttributeError, match="float_"):
+            Config("SASRec", "tiny", config_dict=dict(settings, train_neg_sample_args=None))
+
+
+@pytest.fixture
+def with_gaps(tmp_path, settings):
+    """A dataset with a missing rating and an item without genres: RecBole fills both."""
+    folder = tmp_path / "gaps"
+    folder.mkdir()
+    rows = [f"{user}\t{(user + t) % 5 + 1}\t{'' if (user, t) == (1, 0) else 4}\t{t}"
+            for user in range(1, 11) for t in range(6)]
+    (folder / "gaps.inter").write_text(
+        "\n".join(["user_id:token\titem_id:token\trating:float\ttimestamp:float"] + rows) + "\n")
+    items = [f"{item}\t{'' if item == 1 else 'a b'}" for item in range(1, 6)]
+    (folder / "gaps.item").write_text("\n".join(["item_id:token\tgenre:token_seq"] + items) + "\n")
+    load_col = {"inter": ["user_id", "item_id", "rating", "timestamp"], "item": ["item_id", "genre"]}
+    return Config("SASRec", "gaps", config_dict=dict(settings, data_path=str(tmp_path),
+                                                     load_col=load_col, train_neg_sample_args=None))
+
+
+def test_missing_values_and_sequences_load_without_pandas_warnings(with_gaps, recwarn):
+    dataset = create_dataset(with_gaps)
+    assert (dataset.inter_feat["rating"] == 4).all()
+    genres = sorted(len(genre) for genre in dataset.item_feat["genre"])
+    assert genres == [0, 0, 2, 2, 2, 2]  # [PAD], the item without, 4 x 'a b'
+    assert not [w for w in recwarn if issubclass(w.category, FutureWarning)]
+
+
+@pytest.mark.skipif(tuple(map(int, pd.__version__.split(".")[:2])) < (2, 2),
+                    reason="pandas warns about these from 2.2 on")
+def test_without_the_fix_every_dataset_load_warns(with_gaps):
+    with compat.reverted("pandas_warnings"):
+        with pytest.warns(FutureWarning) as warned:
+            create_dataset(with_gaps)
+    messages = [str(w.message) for w in warned]
+    assert any("chained assignment" in m for m in messages)
+    assert any("Series.agg" in m for m in messages)
+    assert {os.path.basename(w.filename) for w in warned} == {"dataset.py"}
+
+
+@pytest.fixture(scope="module")
+def recbole_objective_in_ray_trials(data_path, tmp_path_factory):
+    """RecBole's own objective_function in two Ray trials, with the ray_report fix and without."""
+    settings = dict(TINY_SASREC, model="SASRec", dataset="tiny", data_path=data_path, epochs=1,
+                    train_neg_sample_args=None,
+                    load_col={"inter": ["user_id", "item_id", "timestamp"]})
+
+    def trial(config):
+        import recbole_hybrid  # noqa: F401  (the fixes, in this worker)
+        from recbole.quick_start import objective_function
+
+        if not config["fixed"]:
+            compat.revert("ray_report")
+        objective_function(config_dict=config["settings"], saved=False)
+
+    api = compat.ray_tune_api()
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        results = tune.Tuner(
+            trial, param_space={"settings": settings, "fixed": tune.grid_search([True, False])},
+            run_config=api.RunConfig(name="objective", storage_path=str(tmp_path_factory.mktemp("ray")),
+                                     failure_config=api.FailureConfig(max_failures=0)),
+        ).fit()
+    finally:
+        ray.shutdown()
+    return {result.config["fixed"]: result for result in results}
+
+
+def test_recbole_objective_function_reports_its_test_result_from_a_ray_trial(
+        recbole_objective_in_ray_trials):
+    result = recbole_objective_in_ray_trials[True]
+    assert result.error is None
+    assert 0 < result.metrics["ndcg@10"] <= 1
+
+
+@pytest.mark.skipif(RAY_2_6, reason="Ray 2.6's tune.report takes keywords: nothing to repair")
+def test_without_the_fix_recbole_objective_function_fails_in_a_ray_trial(
+        recbole_objective_in_ray_trials):
+    error = recbole_objective_in_ray_trials[False].error
+    assert error is not None and "unexpected keyword argument" in str(error)
