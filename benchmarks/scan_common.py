@@ -1,14 +1,32 @@
-"""What both selective-scan benchmarks share: the inputs and the two loop implementations.
+"""What the selective-scan benchmarks share: the inputs, the two loop implementations, and
+importing the package where RecBole is not installed.
 
 - reference: the algorithm of mamba_ssm's `selective_scan_ref` (written anew here):
   exp(delta*A) and delta*B*u for all steps up front, a loop over time, autograd through it;
 - lean loop: the same loop computing exp(delta_t*A) per step, autograd through it.
 """
 
+import os
+import sys
+import types
+
 import torch
 import torch.nn.functional as F
 
 D_INNER, D_STATE = 128, 32
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def import_without_recbole():
+    """Let `import recbole_hybrid.ops` (and `.modules`) work where RecBole is missing, e.g. a
+    GPU machine with only torch and triton: the package is registered without running its
+    __init__, which imports RecBole; the ops and the Mamba block need only torch."""
+    try:
+        import recbole  # noqa: F401
+    except ImportError:
+        package = types.ModuleType("recbole_hybrid")
+        package.__path__ = [os.path.join(REPO, "recbole_hybrid")]
+        sys.modules.setdefault("recbole_hybrid", package)
 
 
 def reference(u, delta, A, B, C, D, z, delta_bias):
@@ -36,17 +54,18 @@ def lean_loop(u, delta, A, B, C, D, z, delta_bias):
     return y * F.silu(z)
 
 
-def make_inputs(batch, length, device="cpu"):
-    """The scan's inputs as the Mamba block makes them, leaves that require grad."""
+def make_inputs(batch, length, device="cpu", d_state=D_STATE, dtype=torch.float32):
+    """The scan's inputs as the Mamba block makes them, leaves that require grad: u, delta,
+    B, C, z in `dtype`, A, D, delta_bias in float32 (the block's parameters)."""
     g = torch.Generator().manual_seed(0)
     tensors = [
-        torch.randn(batch, D_INNER, length, generator=g),  # u
-        (torch.randn(batch, D_INNER, length, generator=g) * 0.5),  # delta
-        (-torch.rand(D_INNER, D_STATE, generator=g) * 4 - 0.1),  # A
-        torch.randn(batch, D_STATE, length, generator=g),  # B
-        torch.randn(batch, D_STATE, length, generator=g),  # C
-        torch.randn(D_INNER, generator=g),  # D
-        torch.randn(batch, D_INNER, length, generator=g),  # z
-        (torch.randn(D_INNER, generator=g) * 0.5),  # delta_bias
+        (torch.randn(batch, D_INNER, length, generator=g), dtype),  # u
+        (torch.randn(batch, D_INNER, length, generator=g) * 0.5, dtype),  # delta
+        (-torch.rand(D_INNER, d_state, generator=g) * 4 - 0.1, torch.float32),  # A
+        (torch.randn(batch, d_state, length, generator=g), dtype),  # B
+        (torch.randn(batch, d_state, length, generator=g), dtype),  # C
+        (torch.randn(D_INNER, generator=g), torch.float32),  # D
+        (torch.randn(batch, D_INNER, length, generator=g), dtype),  # z
+        (torch.randn(D_INNER, generator=g) * 0.5, torch.float32),  # delta_bias
     ]
-    return [t.to(device).requires_grad_() for t in tensors]
+    return [t.to(device, kind).requires_grad_() for t, kind in tensors]

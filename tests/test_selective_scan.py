@@ -1,11 +1,14 @@
 """selective_scan against an independent step-by-step reference, forward and gradients."""
 
 import itertools
+import subprocess
+import sys
 
 import pytest
 import torch
 
-from recbole_hybrid.ops import cpu_kernel, selective_scan
+from recbole_hybrid.errors import ConfigError
+from recbole_hybrid.ops import backend, causal_conv1d, cpu_kernel, selective_scan
 from recbole_hybrid.ops.selective_scan import CHUNK_LEN, KernelCore
 
 
@@ -165,15 +168,17 @@ def test_bad_shapes_are_explained():
 
 def test_forcing_the_kernel_without_mamba_ssm_is_a_clear_error():
     inputs = make_inputs(5, torch.float32, True, False, False)
-    with pytest.raises(RuntimeError, match=r"pip install \.\[cuda\]|CUDA tensors only"):
+    with pytest.raises(ConfigError, match=r"pip install \.\[cuda\]|CUDA tensors only"):
         selective_scan(**inputs, impl="kernel")
 
 
 def test_forcing_the_kernel_through_the_environment(monkeypatch):
     monkeypatch.setenv("RECBOLE_HYBRID_MAMBA_IMPL", "kernel")
     inputs = make_inputs(5, torch.float32, True, False, False)
-    with pytest.raises(RuntimeError, match="mamba_impl='kernel'"):
+    with pytest.raises(ConfigError, match="mamba_impl='kernel'"):
         selective_scan(**inputs)
+    with pytest.raises(ConfigError, match="mamba_impl='kernel'"):  # the models' default
+        selective_scan(**inputs, impl="auto")
     forced_torch = selective_scan(**inputs, impl="torch")  # the explicit setting wins
     expected, _ = reference_scan(**{k: v.detach() if v is not None else None for k, v in inputs.items()},
                                  delta_softplus=False)
@@ -181,6 +186,37 @@ def test_forcing_the_kernel_through_the_environment(monkeypatch):
     monkeypatch.setenv("RECBOLE_HYBRID_MAMBA_IMPL", "fast")
     with pytest.raises(ValueError, match="RECBOLE_HYBRID_MAMBA_IMPL='fast'"):
         selective_scan(**inputs)
+
+
+def test_forcing_triton_on_a_cpu_tensor_is_a_clear_error(monkeypatch):
+    """Triton runs CUDA tensors (CPU ones only in its interpreter); the message says what to
+    use instead, whether triton is installed or not."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    inputs = make_inputs(5, torch.float32, True, True, True)
+    for installed, message in ((True, "run on CUDA tensors, got cpu"),
+                               (False, "needs the triton package")):
+        monkeypatch.setitem(backend._available, "triton", installed)
+        for op in (lambda: selective_scan(**inputs, impl="triton"),
+                   lambda: causal_conv1d(inputs["u"], inputs["A"][:, :3], None, impl="triton")):
+            with pytest.raises(ConfigError, match=f"mamba_impl='triton'.*{message}.*'torch'"):
+                op()
+
+
+def test_cpu_runs_never_import_triton(tmp_path):
+    """A CPU install needs no triton: the Mamba block, forward and backward on every CPU path,
+    imports none of it."""
+    script = (
+        "import os, sys, torch\n"
+        "from recbole_hybrid.modules import Mamba\n"
+        "block = Mamba(d_model=8, d_state=4)\n"
+        "for impl in ('auto', 'torch'):\n"
+        "    block.impl = impl\n"
+        "    block(torch.randn(2, 5, 8)).sum().backward()\n"
+        "os.environ['RECBOLE_HYBRID_CPU_KERNEL'] = '0'  # and the PyTorch fallbacks\n"
+        "block(torch.randn(2, 5, 8)).sum().backward()\n"
+        "assert 'triton' not in sys.modules, 'triton was imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=tmp_path)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the mamba_ssm kernel needs CUDA")

@@ -10,8 +10,9 @@ Same constructor arguments, parameter names, shapes and native initialisation as
     A_log     (d_inner, d_state);  D (d_inner);  out_proj Linear(d_inner -> d_model, bias=bias)
 
 with d_inner = expand * d_model and dt_rank = ceil(d_model / 16) by default. The
-convolution and the selective scan go through `recbole_hybrid.ops`, which hand CUDA tensors
-to the mamba_ssm / causal_conv1d kernels when they are installed.
+convolution and the selective scan go through `recbole_hybrid.ops`: on CUDA the mamba_ssm /
+causal_conv1d kernels when they are installed, else Triton's; on CPU this package's C++
+kernels (`impl`, a model's `mamba_impl`, forces one: see ops/backend.py).
 """
 
 import math
@@ -104,17 +105,19 @@ class Mamba(nn.Module):
 
     def forward(self, hidden_states):
         """(batch, L, d_model) -> (batch, L, d_model); position t sees positions <= t only."""
-        length = hidden_states.shape[1]
-        x, z = self.in_proj(hidden_states).transpose(1, 2).chunk(2, dim=1)  # (batch, d_inner, L)
-        x = causal_conv1d(x, self.conv1d.weight.squeeze(1), self.conv1d.bias, self.activation,
-                          impl=self.impl)[..., :length]
+        # The ops take (batch, d_inner, L) tensors; here they are views of the Linear layers'
+        # (batch, L, features) outputs, which the C++ and Triton kernels read in place and
+        # answer in the same layout, so neither direction copies between layouts.
+        x, z = self.in_proj(hidden_states).chunk(2, dim=-1)
+        x = causal_conv1d(x.transpose(1, 2), self.conv1d.weight.squeeze(1), self.conv1d.bias,
+                          self.activation, impl=self.impl)
         dt, B, C = torch.split(self.x_proj(x.transpose(1, 2)),
                                [self.dt_rank, self.d_state, self.d_state], dim=-1)
         delta = F.linear(dt, self.dt_proj.weight).transpose(1, 2)  # bias goes in the softplus
         ssm = torch.float64 if self.A_log.dtype == torch.float64 else torch.float32
         y = selective_scan(
             x, delta, -torch.exp(self.A_log.to(ssm)), B.transpose(1, 2), C.transpose(1, 2),
-            self.D.to(ssm), z=z, delta_bias=self.dt_proj.bias.to(ssm), delta_softplus=True,
-            impl=self.impl,
+            self.D.to(ssm), z=z.transpose(1, 2), delta_bias=self.dt_proj.bias.to(ssm),
+            delta_softplus=True, impl=self.impl,
         )
         return self.out_proj(y.transpose(1, 2))

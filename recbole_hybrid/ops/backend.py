@@ -1,53 +1,104 @@
-"""Which implementation runs a Mamba op: mamba_ssm's CUDA kernels or this package's PyTorch.
+"""Which implementation runs a Mamba op on given tensors.
 
-`impl` is "auto" (kernels for CUDA tensors when installed, PyTorch otherwise), "kernel" or
-"torch". An explicit `impl` (a model's `mamba_impl` config key) wins over the environment
-variable RECBOLE_HYBRID_MAMBA_IMPL, which wins over "auto". Nothing here imports the kernels
-until they are asked for.
+`impl` is one of
+- "auto": on CUDA tensors the mamba_ssm / causal_conv1d kernels when installed, else the
+  Triton kernels when triton imports, else this package's PyTorch path; on CPU tensors this
+  package's C++ kernels (PyTorch where they cannot be built);
+- "kernel": mamba_ssm's CUDA scan (the convolution still uses causal_conv1d only where it is
+  installed, as mamba_ssm does, else what "auto" picks);
+- "triton": the Triton kernels (CUDA tensors, or any tensor under TRITON_INTERPRET=1);
+- "torch": this package's own path (C++ on CPU, PyTorch on CUDA).
+An explicit `impl` other than "auto" (a model's `mamba_impl` config key) wins over the
+environment variable RECBOLE_HYBRID_MAMBA_IMPL, which wins over "auto" (the models' default). Nothing here imports mamba_ssm,
+causal_conv1d or triton until they are asked for; forcing one that cannot run here is a
+ConfigError saying what to do.
 """
 
 import importlib
 import os
 
+import torch
+
 from recbole_hybrid.errors import ConfigError
 
-IMPLS = ("auto", "kernel", "torch")
+IMPLS = ("auto", "kernel", "torch", "triton")
 ENV_VAR = "RECBOLE_HYBRID_MAMBA_IMPL"
+SCAN_KERNEL, CONV_KERNEL = "mamba_ssm", "causal_conv1d"
 
 
 def requested_impl(impl=None):
-    """The implementation asked for: `impl` if given, else the environment's, else "auto"."""
-    chosen = impl or os.environ.get(ENV_VAR) or "auto"
+    """The implementation asked for: `impl` if given and not "auto", else the environment's,
+    else "auto"."""
+    forced = impl not in (None, "auto")
+    chosen = impl if forced else os.environ.get(ENV_VAR) or "auto"
     if chosen not in IMPLS:
-        source = "mamba_impl" if impl else ENV_VAR
+        source = "mamba_impl" if forced else ENV_VAR
         raise ConfigError(f"{source}={chosen!r}: choose one of {', '.join(IMPLS)}")
     return chosen
 
 
-def use_kernel(impl, tensor, module):
-    """Whether to call `module` of the CUDA kernels (e.g. "mamba_ssm") for `tensor`."""
+def check(impl, device):
+    """ConfigError if `impl` ("kernel" or "triton"; the others always run) cannot run on
+    `device` here: the package is missing, or the device is not CUDA."""
+    device = torch.device(device)
+    if impl == "kernel":
+        if not kernel_available(SCAN_KERNEL):
+            raise ConfigError(
+                f"mamba_impl='kernel' needs the {SCAN_KERNEL} package, which is not importable "
+                "here: install the CUDA kernels with `pip install .[cuda]` on a CUDA machine, or "
+                "use mamba_impl='triton', 'torch' or 'auto'"
+            )
+        if device.type != "cuda":
+            raise ConfigError(
+                f"mamba_impl='kernel': the {SCAN_KERNEL} kernels run on CUDA tensors only, got "
+                f"{device}; use mamba_impl='torch' (or 'auto') on this device"
+            )
+    if impl == "triton":
+        if not kernel_available("triton"):
+            raise ConfigError(
+                "mamba_impl='triton' needs the triton package, which is not importable here: "
+                "it comes with PyTorch's CUDA builds (or `pip install .[triton]`); or use "
+                "mamba_impl='torch' or 'auto'"
+            )
+        if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+            raise ConfigError(
+                f"mamba_impl='triton': the Triton kernels run on CUDA tensors, got {device}; use "
+                "mamba_impl='torch' (or 'auto') on this device, or set TRITON_INTERPRET=1 "
+                "before starting Python to run them in Triton's (slow) interpreter"
+            )
+
+
+def scan_path(impl, tensor):
+    """"kernel" (mamba_ssm), "triton", or "native" (this package's C++ / PyTorch scan) for
+    a selective scan on `tensor`."""
     chosen = requested_impl(impl)
-    if chosen == "torch":
-        return False
-    available = kernel_available(module)
     if chosen == "kernel":
-        if not available:
-            raise RuntimeError(
-                f"mamba_impl='kernel' needs the {module} package, which is not importable here: "
-                "install the CUDA kernels with `pip install .[cuda]` on a CUDA machine, or use "
-                "mamba_impl='torch' (or 'auto')"
-            )
-        if not tensor.is_cuda:
-            raise RuntimeError(
-                f"mamba_impl='kernel': the {module} kernels run on CUDA tensors only, got a "
-                f"{tensor.device} tensor; use mamba_impl='torch' (or 'auto') on this device"
-            )
-        return True
-    return available and tensor.is_cuda
+        check(chosen, tensor.device)
+        return "kernel"
+    return _path(chosen, tensor, SCAN_KERNEL)
+
+
+def conv_path(impl, tensor):
+    """"kernel" (causal_conv1d), "triton" or "native" for a causal convolution on `tensor`;
+    "kernel" forces only the scan, as in mamba_ssm."""
+    return _path(requested_impl(impl), tensor, CONV_KERNEL)
+
+
+def _path(chosen, tensor, kernel_module):
+    if chosen == "torch":
+        return "native"
+    if chosen == "triton":
+        check(chosen, tensor.device)
+        return "triton"
+    if not tensor.is_cuda:
+        return "native"
+    if kernel_available(kernel_module):
+        return "kernel"
+    return "triton" if kernel_available("triton") else "native"
 
 
 def kernel_available(module):
-    """Whether the kernel package imports (checked once per package)."""
+    """Whether `module` imports (checked once per module)."""
     if module not in _available:
         try:
             importlib.import_module(module)

@@ -1,17 +1,35 @@
-"""The C++ selective scan for CPU tensors (csrc/selective_scan_cpu.cpp).
+"""The C++ kernels for CPU tensors (csrc/mamba_cpu.cpp): the selective scan and the causal
+depthwise convolution, forward and backward.
 
 Built on first use by torch's extension builder (a C++ compiler and ninja are needed; about
 a minute once, then cached under ~/.cache/torch_extensions). RECBOLE_HYBRID_CPU_KERNEL=0
-turns it off. If the build fails, a warning is given once and the eager chunked scan is used.
+turns it off. If the build fails, a warning is given once and the PyTorch implementations
+are used (the chunked scan, F.conv1d).
 """
 
+import hashlib
 import os
+import platform
 import warnings
 
 ENV_VAR = "RECBOLE_HYBRID_CPU_KERNEL"
-SOURCE = os.path.join(os.path.dirname(__file__), "csrc", "selective_scan_cpu.cpp")
+SOURCE = os.path.join(os.path.dirname(__file__), "csrc", "mamba_cpu.cpp")
+# -fno-trapping-math lets GCC vectorize loops with selects (the scan's exp2, clamps);
+# it changes no result.
+FLAGS = ["-O3", "-march=native", "-fno-trapping-math", "-fopenmp"]
 
 _built = []  # [the extension module, or None after a failed build]
+
+
+def _cpu_tag():
+    """A short tag of this CPU's instruction sets: a -march=native build from a cache shared
+    between machines (a home folder on NFS) must not run on another CPU."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            flags = next((line for line in f if line.startswith(("flags", "Features"))), "")
+    except OSError:
+        flags = ""
+    return hashlib.sha1((platform.machine() + flags).encode()).hexdigest()[:8]
 
 
 def load():
@@ -25,15 +43,16 @@ def load():
             _put_packaged_ninja_on_path()
 
             _built.append(build(
-                name="recbole_hybrid_scan_cpu",
+                name=f"recbole_hybrid_mamba_cpu_{_cpu_tag()}",
                 sources=[SOURCE],
-                extra_cflags=["-O3", "-march=native", "-fopenmp"],
+                extra_cflags=FLAGS,
                 extra_ldflags=["-fopenmp"],
             ))
         except Exception as error:  # compiler, ninja or linker failures have no common type
             warnings.warn(
-                f"building the C++ selective scan failed ({type(error).__name__}: {error}); "
-                f"using the slower PyTorch scan. Set {ENV_VAR}=0 to skip the build.",
+                f"building the C++ CPU kernels failed ({type(error).__name__}: {error}); "
+                f"using the slower PyTorch scan and convolution. Set {ENV_VAR}=0 to skip the "
+                "build.",
                 RuntimeWarning,
             )
             _built.append(None)

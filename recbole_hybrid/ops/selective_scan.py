@@ -6,9 +6,12 @@
     out_t = y_t * silu(z_t)                         (when z is given)
 
 Shapes: u, delta, z (batch, d_inner, L); A (d_inner, d_state); B, C (batch, d_state, L);
-D, delta_bias (d_inner,); the last state is (batch, d_inner, d_state). Real-valued only.
+D, delta_bias (d_inner,); the last state is (batch, d_inner, d_state). Real-valued only;
+any strides (the Mamba block passes views of its Linear layers' (batch, L, features)
+outputs, which the C++ and Triton scans read in place).
 
-Without the CUDA kernels, `SelectiveScan` computes the same function exactly, with the
+Which implementation runs (backend.scan_path): mamba_ssm's CUDA kernel, the Triton scan
+(triton_scan.py), or `SelectiveScan`, which computes the same function exactly, with the
 gradients of every input from the adjoint recurrence run in reverse, by one of two cores:
 - `KernelCore`, CPU tensors: the C++ scan (ops/cpu_kernel.py), one (batch row, channel)
   at a time with its state in a small buffer; backward recomputes the states.
@@ -35,14 +38,21 @@ def selective_scan(
     return_last_state=False, *, impl=None,
 ):
     """`out` (batch, d_inner, L), and the last state too when `return_last_state`."""
-    if backend.use_kernel(impl, u, "mamba_ssm"):
+    path = backend.scan_path(impl, u)
+    if path == "kernel":
         from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
 
         return selective_scan_fn(
             u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state
         )
     _check_shapes(u, delta, A, B, C, D, z, delta_bias)
-    out, last_state = SelectiveScan.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    if path == "triton":
+        from recbole_hybrid.ops import triton_scan
+
+        scan = triton_scan.selective_scan
+    else:
+        scan = SelectiveScan.apply
+    out, last_state = scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     return (out, last_state) if return_last_state else out
 
 
@@ -84,8 +94,8 @@ class _ScanInputs:
 
 
 class KernelCore:
-    """The C++ scan on CPU tensors; backward recomputes from the inputs. The transcendental
-    elementwise steps (softplus, sigmoid) stay in vectorised PyTorch; the rest is fused."""
+    """The C++ scan on CPU tensors, softplus and gate included; it reads u, delta and z in
+    any layout, so nothing is copied. Backward recomputes from the inputs."""
 
     @staticmethod
     def serves(tensor):
@@ -93,32 +103,28 @@ class KernelCore:
 
     @staticmethod
     def _arguments(x, delta_softplus):
-        raw, dt = _steps(x, delta_softplus)
-        z = x.z.contiguous() if x.z is not None else None
-        return raw, (
-            x.u.contiguous(), dt.contiguous(), x.A.contiguous(), x.A2.contiguous(),
-            x.B.transpose(1, 2).contiguous(), x.C.transpose(1, 2).contiguous(),
-            x.D.contiguous() if x.D is not None else None,
-            z, torch.sigmoid(z) if z is not None else None,
-        )
+        return (x.u, x.delta, x.A.contiguous(), _states_contiguous(x.B), _states_contiguous(x.C),
+                _contiguous(x.D), x.z, _contiguous(x.delta_bias), delta_softplus)
 
     @staticmethod
     def forward(x, delta_softplus):
-        _, arguments = KernelCore._arguments(x, delta_softplus)
-        out, last_state = cpu_kernel.load().scan_forward(*arguments)
+        out, last_state = cpu_kernel.load().scan_forward(*KernelCore._arguments(x, delta_softplus))
         return out, last_state, ()
 
     @staticmethod
     def backward(x, delta_softplus, saved, grad_out, grad_last_state):
-        raw, arguments = KernelCore._arguments(x, delta_softplus)
-        grads = cpu_kernel.load().scan_backward(
-            *arguments, torch.sigmoid(raw) if delta_softplus else None,
-            x.delta_bias is not None, grad_out.contiguous(),
-            grad_last_state.contiguous() if grad_last_state is not None else None,
+        return cpu_kernel.load().scan_backward(
+            *KernelCore._arguments(x, delta_softplus), grad_out, grad_last_state
         )
-        grad_u, grad_delta, grad_A, grad_B, grad_C, grad_D, grad_z, grad_bias = grads
-        return (grad_u, grad_delta, grad_A, grad_B.transpose(1, 2), grad_C.transpose(1, 2),
-                grad_D, grad_z, grad_bias)
+
+
+def _states_contiguous(tensor):
+    """B or C (batch, d_state, L) with unit d_state stride, as the C++ scan reads them."""
+    return tensor if tensor.stride(1) == 1 else tensor.transpose(1, 2).contiguous().transpose(1, 2)
+
+
+def _contiguous(tensor):
+    return tensor.contiguous() if tensor is not None else None
 
 
 class ChunkedCore:
