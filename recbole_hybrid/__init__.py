@@ -12,7 +12,8 @@ compat.apply()
 
 from recbole_hybrid import models  # noqa: E402,F401  (registers Mamba4Rec, MaTrRec, MLSA4Rec)
 from recbole_hybrid.errors import UserError  # noqa: E402
+from recbole_hybrid.recommend import Recommender  # noqa: E402
 from recbole_hybrid.registry import plugin_models, register_model  # noqa: E402
 from recbole_hybrid.runner import run  # noqa: E402
 
-__all__ = ["UserError", "plugin_models", "register_model", "run", "__version__"]
+__all__ = ["Recommender", "UserError", "plugin_models", "register_model", "run", "__version__"]

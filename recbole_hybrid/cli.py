@@ -1,17 +1,37 @@
 """The `recbole-hybrid` command. Subcommands: `run` (train and evaluate one model),
 `compare` (a grid of models x datasets into one table), `tune` (hyperparameter search),
-`convert` (raw interaction files to RecBole atomic files)."""
+`convert` (raw interaction files to RecBole atomic files), and from `cli_recommend`:
+`recommend` (top-k lists), `export` (a model bundle), `serve` (the HTTP service)."""
 
 import argparse
+import datetime
+import errno
+import os
 import sys
+import tempfile
+import traceback
 
-from recbole_hybrid.errors import UserError
+from recbole_hybrid.errors import Interrupted, UserError, last_line
+from recbole_hybrid.processes import sigterm_as_interrupt
+
+EXIT_USER_ERROR, EXIT_INTERNAL_ERROR, EXIT_INTERRUPTED = 2, 1, 130
+# the machine's, not the code's: a full disk, a file or folder the user may not read or write
+ENVIRONMENT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS)
 
 
-def _subparser(subparsers, name, summary, description, handler):
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors in one line, like every other error of the command."""
+
+    def error(self, message):
+        self.exit(EXIT_USER_ERROR, f"error: {message} (see `{self.prog} --help`)\n")
+
+
+def subparser(subparsers, name, summary, description, handler):
     """A subcommand whose extra `--key=value` arguments become RecBole settings."""
     parser = subparsers.add_parser(name, allow_abbrev=False, help=summary, description=description)
     parser.set_defaults(handler=handler)
+    parser.add_argument("--debug", action="store_true",
+                        help="print the traceback of an internal error on the console too")
     return parser
 
 
@@ -25,7 +45,7 @@ def _print_line(line):
 
 
 def _add_run_parser(subparsers):
-    parser = _subparser(
+    parser = subparser(
         subparsers, "run", "train and evaluate one model on one dataset",
         (
             "Train and evaluate one model (a recbole-hybrid model or any RecBole model) on one "
@@ -35,7 +55,7 @@ def _add_run_parser(subparsers):
         ),
         _run,
     )
-    from recbole_hybrid.runner import DEFAULT_DATASET, DEFAULT_MODEL
+    from recbole_hybrid.settings import DEFAULT_DATASET, DEFAULT_MODEL
 
     parser.add_argument("--model", default=None, help=f"model name (default {DEFAULT_MODEL})")
     parser.add_argument(
@@ -55,7 +75,8 @@ def _add_run_parser(subparsers):
 
 
 def _run(args, overrides):
-    from recbole_hybrid.runner import format_results, run
+    from recbole_hybrid.outputs import format_results
+    from recbole_hybrid.runner import run
 
     result = run(
         args.model, args.dataset, _config_files(args), overrides,
@@ -71,7 +92,7 @@ def _run(args, overrides):
 def _add_compare_parser(subparsers):
     from recbole_hybrid.compare import DEFAULT_MODELS
 
-    parser = _subparser(
+    parser = subparser(
         subparsers, "compare", "train a grid of models x datasets and tabulate them",
         (
             "Train and evaluate every model on every dataset, each cell in a fresh process, "
@@ -82,6 +103,14 @@ def _add_compare_parser(subparsers):
         _compare,
     )
     parser.add_argument("--grid", default=None, help="grid yaml (models, datasets, settings, ...)")
+    parser.add_argument("--seeds", type=int, default=None,
+                        help="run every cell with N seeds (the settings' seed, +1, ...): mean ± std, "
+                        "confidence intervals and paired significance tests")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="cells at a time (default 1; several share a GPU or the CPU cores)")
+    parser.add_argument("--report", default=None, metavar="OUTPUT",
+                        help="only write the tables and figures of OUTPUT again from its "
+                        "results.jsonl (with --metrics, --ours, --baselines if given); no training")
     parser.add_argument("--models", default=None,
                         help=f"comma-separated (default: {','.join(DEFAULT_MODELS)})")
     parser.add_argument("--datasets", default=None, help="comma-separated dataset names")
@@ -94,27 +123,43 @@ def _add_compare_parser(subparsers):
 
 
 def _compare(args, overrides):
-    from recbole_hybrid.compare import compare, load_grid
+    from recbole_hybrid.compare import compare, load_grid, report_only
 
     def names(text):
         return [n.strip() for n in text.split(",") if n.strip()] if text else None
 
-    grid = load_grid(
-        args.grid, names(args.models), names(args.datasets),
-        _config_files(args), overrides,
-        ours=args.ours, baselines=names(args.baselines), metrics=names(args.metrics),
-    )
-    try:
-        compare(grid, args.output, rerun=args.rerun, log=_print_line)
-    except KeyboardInterrupt:
-        raise UserError(f"interrupted: finished cells are in {args.output}/results.jsonl; "
-                        "run the same command again to resume") from None
-    print(f"tables and figures: {args.output}/table.md, table.csv, table.tex, metrics.png, "
-          "efficiency.png")
+    choices = dict(ours=args.ours, baselines=names(args.baselines), metrics=names(args.metrics))
+    if args.report:
+        given = [flag for flag, value in (("--grid", args.grid), ("--models", args.models),
+                                          ("--datasets", args.datasets), ("--seeds", args.seeds),
+                                          ("--rerun", args.rerun), ("--jobs", args.jobs != 1),
+                                          ("--config_files", args.config_files),
+                                          ("--output", args.output != "comparison"))
+                 if value] + list(overrides)
+        if given:
+            raise UserError(f"--report only draws the tables of an earlier grid again, in its "
+                            f"own folder; {', '.join(given)} would need training or another "
+                            "folder: drop them")
+        paths = report_only(args.report, log=_print_line, **choices)
+        print("tables and figures: " + ", ".join(paths))
+        return
+    grid = load_grid(args.grid, names(args.models), names(args.datasets),
+                     _config_files(args), overrides, seeds=args.seeds, **choices)
+    records = compare(grid, args.output, rerun=args.rerun, jobs=args.jobs, log=_print_line)
+    print("tables and figures: " + ", ".join(os.path.join(args.output, name) for name in
+                                             ("table.md", "table.csv", "table.tex", "metrics.png",
+                                              "efficiency.png")))
+    failed = [r for r in records.values() if r["status"] != "ok"]
+    if failed:
+        first = failed[0]
+        raise UserError(
+            f"{len(failed)} of {len(records)} cells failed ({first['model']} on "
+            f"{first['dataset']}: {last_line(first['error'])}); table.md lists "
+            "them. Fix the cause and run the same command again: finished cells are kept")
 
 
 def _add_tune_parser(subparsers):
-    parser = _subparser(
+    parser = subparser(
         subparsers, "tune", "search hyperparameters with RecBole's HyperTuning (hyperopt) or Ray Tune",
         (
             "Search the space of --params_file (RecBole's format, e.g. properties/hyper/"
@@ -124,7 +169,7 @@ def _add_tune_parser(subparsers):
         ),
         _tune,
     )
-    from recbole_hybrid.runner import DEFAULT_DATASET, DEFAULT_MODEL
+    from recbole_hybrid.settings import DEFAULT_DATASET, DEFAULT_MODEL
     from recbole_hybrid.tune import ALGOS, TOOLS
 
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"default {DEFAULT_MODEL}")
@@ -158,7 +203,7 @@ def _tune(args, overrides):
 def _add_convert_parser(subparsers):
     from recbole_hybrid.convert import FORMATS
 
-    parser = _subparser(
+    parser = subparser(
         subparsers, "convert", "convert raw interactions into RecBole atomic files",
         "Write DATA_PATH/NAME/NAME.inter (user_id, item_id, timestamp) from a raw file.",
         _convert,
@@ -196,18 +241,68 @@ def parse_overrides(arguments):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="recbole-hybrid", allow_abbrev=False)
+    """The command line; returns the exit code: 0 done, 2 bad input (one paragraph on
+    stderr), 130 interrupted (what was kept and how to go on), 1 internal error (its
+    traceback in a file named on stderr, and on the console with --debug)."""
+    parser = _Parser(prog="recbole-hybrid", allow_abbrev=False)
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_run_parser(subparsers)
     _add_compare_parser(subparsers)
     _add_tune_parser(subparsers)
     _add_convert_parser(subparsers)
-    args, extra = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
-    try:
-        import recbole_hybrid  # noqa: F401  (applies the RecBole fixes, registers models)
+    from recbole_hybrid import cli_recommend
 
-        args.handler(args, parse_overrides(extra))
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    cli_recommend.add_parsers(subparsers)
+    args, extra = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    from recbole_hybrid.outputs import log_file
+
+    earlier_log = log_file()  # an earlier run's log in this process is not this command's
+    with sigterm_as_interrupt():
+        try:
+            args.handler(args, parse_overrides(extra))
+        except UserError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return EXIT_USER_ERROR
+        except KeyboardInterrupt as interruption:
+            message = str(interruption) if isinstance(interruption, Interrupted) else "interrupted"
+            print(message, file=sys.stderr)
+            return EXIT_INTERRUPTED
+        except OSError as error:
+            if error.errno not in ENVIRONMENT_ERRNOS:
+                return _internal_error(error, args.debug, earlier_log)
+            advice = ("free some space and run again" if error.errno in (errno.ENOSPC, errno.EDQUOT)
+                      else "check its permissions, or pass another path")
+            print(f"error: {error.filename or 'a file'}: {error.strerror}; {advice}", file=sys.stderr)
+            return EXIT_USER_ERROR
+        except Exception as error:
+            return _internal_error(error, args.debug, earlier_log)
     return 0
+
+
+def _internal_error(error, debug, earlier_log):
+    """An error no check foresaw: its traceback goes to the log of the run this command
+    started (or a file of its own), one paragraph to the console."""
+    from recbole_hybrid.outputs import log_file
+
+    text = traceback.format_exc()
+    path = log_file()
+    if path == earlier_log:
+        path = None
+    try:
+        if path is None:
+            folder = os.path.join(os.getcwd(), "log")
+            os.makedirs(folder, exist_ok=True)
+            stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+            path = os.path.join(folder, f"recbole-hybrid-error-{stamp}-{os.getpid()}.log")
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(text)
+    except OSError:
+        with tempfile.NamedTemporaryFile("w", suffix=".log", delete=False) as f:
+            f.write(text)
+            path = f.name
+    if debug:
+        print(text, file=sys.stderr)
+    print(f"internal error: {type(error).__name__}: {error}. No check of recbole-hybrid "
+          f"foresaw this; the traceback is in {path} (--debug prints it here). Please report "
+          "it with that file.", file=sys.stderr)
+    return EXIT_INTERNAL_ERROR

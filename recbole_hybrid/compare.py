@@ -1,15 +1,16 @@
-"""A grid of models x datasets, one cell per (model, dataset), each in a fresh process.
+"""A grid of models x datasets (x seeds), one cell per combination, each in a fresh process.
 
 Every finished cell is appended at once to `<output>/results.jsonl` (one JSON record per
 line, never rewritten), so an interrupted grid resumes where it stopped: a cell whose latest
 record for the same settings is "ok" is skipped unless `rerun`. A failing cell is recorded
 with its error and the grid goes on. After each cell the tables and figures of `report` are
-written again from the file.
+written again from the file; `report_only` writes them from the file alone, without training.
 
 Grid file (yaml), every key optional except models/datasets where no flag gives them:
 
     models: [GRU4Rec, SASRec, MaTrRec]
     datasets: [amazon-office-products, amazon-beauty]
+    seeds: [2020, 2021, 2022]                   # each cell once per seed (default: one run)
     config_files: [properties/overall.yaml]
     settings: {epochs: 50}                      # every cell
     model_settings: {SASRec: {n_layers: 2}}     # per model
@@ -24,22 +25,30 @@ import dataclasses
 import fcntl
 import hashlib
 import json
-import multiprocessing
 import os
-import signal
-import sys
 import time
-import traceback
 
-import yaml
-
-from recbole_hybrid.errors import ConfigError, UserError
+from recbole_hybrid import jsonl, registry
+from recbole_hybrid.cells import Cell, run_cells
+from recbole_hybrid.errors import (
+    ConfigError,
+    Interrupted,
+    UnknownModelError,
+    UserError,
+    last_line,
+)
+from recbole_hybrid.outputs import writable_folder, write_text_atomically
+from recbole_hybrid.processes import sigterm_as_interrupt
+from recbole_hybrid.settings import read_yaml
+from recbole_hybrid.validate import check_keys, check_model, computed_metrics
 
 DEFAULT_MODELS = ["GRU4Rec", "NARM", "SASRec", "NextItNet", "BERT4Rec", "SINE", "CORE",
                   "Mamba4Rec", "MaTrRec", "MLSA4Rec", "LightSANs"]
 RESULTS_FILE = "results.jsonl"
-GRID_KEYS = {"models", "datasets", "config_files", "settings", "model_settings",
+RECORD_KEYS = ("model", "dataset", "status", "settings_key")
+GRID_KEYS = {"models", "datasets", "seeds", "config_files", "settings", "model_settings",
              "dataset_settings", "ours", "baselines", "metrics"}
+GRID_FILE = "grid.json"  # the grid of the last run in an output folder, for --report
 
 
 @dataclasses.dataclass
@@ -53,18 +62,31 @@ class Grid:
     ours: str = "MaTrRec"
     baselines: list = dataclasses.field(default_factory=lambda: ["SASRec", "Mamba4Rec"])
     metrics: list = dataclasses.field(default_factory=lambda: ["recall@10", "ndcg@10"])
+    seeds: list = None  # None: one run per cell with the settings' own seed
+
+    def __post_init__(self):
+        self.metrics = [metric.lower() for metric in self.metrics]  # RecBole's result keys
 
     def cells(self):
-        """(model, dataset, overrides) for every cell, datasets outermost."""
+        """Every Cell, datasets outermost, then models, then seeds. With seeds, a cell's
+        settings carry its seed and `reproducibility: True` (unless set): the settings key
+        then differs per seed, and finished seeds are never run again."""
         for dataset in self.datasets:
             for model in self.models:
                 overrides = {**self.settings, **self.dataset_settings.get(dataset, {}),
                              **self.model_settings.get(model, {})}
-                yield model, dataset, overrides
+                for seed in self.seeds or [None]:
+                    if seed is None:
+                        yield Cell(model, dataset, None, overrides)
+                    else:
+                        yield Cell(model, dataset, seed, {"reproducibility": True, **overrides,
+                                                          "seed": seed})
 
-    def settings_key(self, model, dataset, overrides):
-        """What a cell's result depends on besides code: a changed setting re-runs the cell."""
-        text = json.dumps([model, dataset, self.config_files, overrides], sort_keys=True, default=str)
+    def settings_key(self, cell):
+        """What a cell's result depends on besides code: a changed setting re-runs the cell.
+        (A one-seed grid's key is that of earlier versions, so their results still count.)"""
+        text = json.dumps([cell.model, cell.dataset, self.config_files, cell.overrides],
+                          sort_keys=True, default=str)
         return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
@@ -72,83 +94,148 @@ def load_grid(path=None, models=None, datasets=None, config_files=(), overrides=
     """A Grid from a yaml file and/or flags; flags win, `overrides` join the shared settings."""
     spec = {}
     if path:
-        if not os.path.isfile(path):
-            raise UserError(f"grid file not found: {path}")
-        with open(path, encoding="utf-8") as f:
-            spec = yaml.safe_load(f) or {}
+        spec = read_yaml(path, "grid file")
         unknown = set(spec) - GRID_KEYS
         if unknown:
             raise ConfigError(f"{path}: unknown keys {sorted(unknown)}; a grid file takes "
                               f"{', '.join(sorted(GRID_KEYS))}")
+    for key, kind in (("models", list), ("datasets", list), ("config_files", list),
+                      ("settings", dict), ("model_settings", dict), ("dataset_settings", dict),
+                      ("baselines", list), ("metrics", list), ("seeds", list), ("ours", str)):
+        if spec.get(key) is not None and not isinstance(spec[key], kind):
+            raise ConfigError(f"{path}: `{key}` must be a {kind.__name__}, got {spec[key]!r}")
+    for key in ("models", "metrics"):
+        if spec.get(key) == []:
+            raise ConfigError(f"{path}: `{key}` is an empty list; give at least one, or leave "
+                              f"the key out for the default")
     spec["models"] = models or spec.get("models") or DEFAULT_MODELS
     spec["datasets"] = datasets or spec.get("datasets")
     if not spec["datasets"]:
         raise UserError("no datasets: pass --datasets a,b or give `datasets:` in the grid file")
     spec["config_files"] = list(spec.get("config_files") or []) + list(config_files)
     spec["settings"] = {**(spec.get("settings") or {}), **(overrides or {})}
+    if isinstance(choices.get("seeds"), int):  # --seeds N: N seeds from the settings' seed on
+        if choices["seeds"] < 1:
+            raise ConfigError(f"--seeds={choices['seeds']}: must be at least 1")
+        first = spec["settings"].get("seed", 2020)
+        if not str(first).lstrip("-").isdigit():
+            raise ConfigError(f"seed must be an integer, got {first!r}")
+        choices["seeds"] = [int(first) + i for i in range(choices["seeds"])]
     spec.update({k: v for k, v in choices.items() if v})
+    if spec.get("seeds") is not None:
+        seeds = spec["seeds"]
+        if not seeds or not all(isinstance(x, int) and not isinstance(x, bool) for x in seeds) \
+                or len(set(seeds)) != len(seeds):
+            raise ConfigError(f"{path or 'the grid'}: `seeds` must be distinct integers, got "
+                              f"{seeds!r} (or --seeds N for N seeds)")
     grid = Grid(**spec)
-    from recbole_hybrid import registry
-    from recbole_hybrid.errors import UnknownModelError
-
     for model in grid.models:  # a typo fails now, not as a failed cell hours later
         if not registry.is_known(model):
             raise UnknownModelError(registry.unknown_model_message(model))
+    _check_names(grid)
     return grid
 
 
+def check_grid(grid):
+    """Build every cell's configuration and check its dataset before any cell runs: a
+    typo fails in seconds, not as a failed cell hours later. Shared settings may belong to
+    other models of the grid; a model's own settings must be its own. Every cell must
+    compute the table's metrics."""
+    from recbole_hybrid.datasets import check_dataset
+    from recbole_hybrid.settings import build_config
+
+    for cell in grid.cells():
+        if cell.seed not in (None, (grid.seeds or [None])[0]):
+            continue  # the other seeds differ in the seed only
+        check_keys(cell.model, grid.model_settings.get(cell.model, {}),
+                   f"model_settings of {cell.model}")
+        config = build_config(cell.model, cell.dataset, grid.config_files, cell.overrides, keys="any")
+        check_model(config)
+        check_dataset(config)
+        computed = computed_metrics(config.final_config_dict)
+        missing = [m for m in grid.metrics if m.lower() not in computed]
+        if missing:
+            raise ConfigError(
+                f"the table shows {', '.join(missing)}, which {cell.model} does not compute on "
+                f"{cell.dataset} (it computes {', '.join(sorted(computed))}); give every "
+                "cell the same metrics, e.g. `settings: {metrics: [Recall, NDCG], topk: [10]}` "
+                "in the grid file, or choose the table's rows with --metrics"
+            )
+
+
 def read_records(output):
-    """Every record of `<output>/results.jsonl`, in order; a torn last line (a crash while
-    writing) is ignored."""
-    path = os.path.join(output, RESULTS_FILE)
-    if not os.path.isfile(path):
-        return []
-    records = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return records
+    """Every record of `<output>/results.jsonl`, in order; lines that are not records (a
+    torn last line after a crash, a foreign line) are skipped."""
+    return _read(output)[0]
+
+
+def _read(output):
+    return jsonl.read(os.path.join(output, RESULTS_FILE), RECORD_KEYS, _is_record)
+
+
+def _is_record(record):
+    if record["status"] == "ok":
+        return isinstance(record.get("test_result"), dict) and \
+            isinstance(record.get("best_valid_result"), dict)
+    return record["status"] == "failed" and isinstance(record.get("error"), str)
 
 
 def latest(records, grid):
-    """The latest record of each cell of `grid` with the grid's current settings."""
-    keys = {grid.settings_key(m, d, o): (m, d) for m, d, o in grid.cells()}
+    """{(model, dataset, seed): the latest record of that cell with the grid's settings}."""
+    keys = {grid.settings_key(c): c for c in grid.cells()}
     found = {}
     for record in records:
-        if record.get("settings_key") in keys:
-            found[(record["model"], record["dataset"])] = record
+        cell = keys.get(record.get("settings_key"))
+        if cell is not None:
+            found[(cell.model, cell.dataset, cell.seed)] = record
     return found
 
 
-def compare(grid, output="comparison", rerun=False, log=print):
-    """Runs the grid's missing cells, one fresh process each; returns the latest records."""
-    os.makedirs(output, exist_ok=True)
-    with _exclusive(output), _sigterm_as_interrupt():
-        return _compare(grid, output, rerun, log)
+def compare(grid, output="comparison", rerun=False, jobs=1, log=print):
+    """Runs the grid's missing cells, `jobs` at a time, each in a fresh process; returns the
+    latest records. Ctrl-C or SIGTERM stops the running cells and raises Interrupted;
+    finished cells stay."""
+    if jobs < 1:
+        raise ConfigError(f"--jobs={jobs}: must be at least 1")
+    check_grid(grid)
+    os.makedirs(writable_folder(output), exist_ok=True)
+    _note_skipped(output, log)
+    with _exclusive(output), sigterm_as_interrupt():
+        _write_grid(grid, output)
+        try:
+            return _compare(grid, output, rerun, jobs, log)
+        except KeyboardInterrupt:
+            kept = (f"finished cells are in {output}/{RESULTS_FILE}" if read_records(output)
+                    else "no cell had finished")
+            raise Interrupted(f"interrupted: {kept}; run the same command again to resume") from None
 
 
-def _compare(grid, output, rerun, log):
+def _compare(grid, output, rerun, jobs, log):
     cells = list(grid.cells())
     done = latest(read_records(output), grid)
-    todo = [c for c in cells if rerun or done.get(c[:2], {}).get("status") != "ok"]
+    todo = [c for c in cells
+            if rerun or done.get((c.model, c.dataset, c.seed), {}).get("status") != "ok"]
     log(f"{len(cells)} cells, {len(cells) - len(todo)} already done in "
-        f"{os.path.join(output, RESULTS_FILE)}, {len(todo)} to run")
-    started, durations = time.time(), []
-    for k, (model, dataset, overrides) in enumerate(todo, 1):
-        log(f"[{k}/{len(todo)}] {model} on {dataset} ...")
-        cell_started = time.time()
-        record = _run_cell(grid, model, dataset, overrides, output)
-        durations.append(time.time() - cell_started)
-        _append(output, record)
-        remaining = (len(todo) - k) * sum(durations) / len(durations)
-        outcome = (f"test {_short(record['test_result'], grid.metrics)}" if record["status"] == "ok"
-                   else f"FAILED: {record['error'].splitlines()[-1]}")
-        log(f"[{k}/{len(todo)}] {model} on {dataset}: {outcome} ({durations[-1]:.0f} s; elapsed "
-            f"{_clock(time.time() - started)}, about {_clock(remaining)} remaining)")
+        f"{os.path.join(output, RESULTS_FILE)}, {len(todo)} to run"
+        + (f", {jobs} at a time" if jobs > 1 and len(todo) > 1 else ""))
+    started, finished = time.time(), []
+
+    def on_done(cell, outcome, log_file):
+        record = {"model": cell.model, "dataset": cell.dataset, "seed": cell.seed,
+                  "settings_key": grid.settings_key(cell),
+                  "overrides": {k: str(v) for k, v in cell.overrides.items()},
+                  "log_file": log_file, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), **outcome}
+        jsonl.append(os.path.join(output, RESULTS_FILE), record)
+        finished.append(cell)
+        elapsed = time.time() - started
+        remaining = (len(todo) - len(finished)) * elapsed / len(finished)  # cells are alike
+        result = (f"test {_short(record['test_result'], grid.metrics)}"
+                  if record["status"] == "ok" else f"FAILED: {last_line(record['error'])}")
+        log(f"[{len(finished)}/{len(todo)}] {cell.describe()}: {result} (elapsed "
+            f"{_clock(elapsed)}, about {_clock(remaining)} remaining)")
         write_reports(grid, output)
+
+    run_cells(todo, grid.config_files, output, jobs, on_done)
     if not todo:
         write_reports(grid, output)
     return latest(read_records(output), grid)
@@ -160,57 +247,52 @@ def write_reports(grid, output):
     return report.write_all(grid, latest(read_records(output), grid), output)
 
 
-def _run_cell(grid, model, dataset, overrides, output):
-    """One cell in a fresh interpreter (spawn): RecBole's global state (seeds, logging, the
-    config's argv parsing) starts clean; its console output goes to logs/<cell>.log."""
-    log_file = os.path.join(output, "logs", f"{model}-{dataset}.log")
-    os.makedirs(os.path.dirname(log_file), exist_ok=True)
-    context = multiprocessing.get_context("spawn")
-    receiver, sender = context.Pipe(duplex=False)
-    process = context.Process(
-        target=_cell_worker,
-        args=(model, dataset, grid.config_files, overrides, os.path.join(output, "runs"),
-              log_file, sender),
-    )
-    process.start()
-    sender.close()
+def report_only(output, log=print, **choices):
+    """Write the tables and figures of `output` again from its results.jsonl alone (no
+    training); `choices` (metrics, ours, baselines) replace the grid's."""
+    path = os.path.join(output, GRID_FILE)
+    if not os.path.isdir(output):
+        raise UserError(f"--report {output}: no such folder; pass the --output folder of an "
+                        "earlier `recbole-hybrid compare`")
+    if not os.path.isfile(path):
+        raise UserError(f"{output} holds no comparison ({GRID_FILE} is missing): pass the "
+                        "--output folder of an earlier `recbole-hybrid compare`")
     try:
-        outcome = receiver.recv()
-    except EOFError:  # the process died without sending
-        outcome = None
-    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: stop the cell too, record nothing
-        process.terminate()
-        raise
-    finally:
-        process.join()
-    record = {"model": model, "dataset": dataset,
-              "settings_key": grid.settings_key(model, dataset, overrides),
-              "overrides": {k: str(v) for k, v in overrides.items()}, "log_file": log_file,
-              "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    if outcome is None:
-        outcome = {"status": "failed",
-                   "error": f"the cell's process ended with exit code {process.exitcode} "
-                            f"without a result (killed, or out of memory?); see {log_file}"}
-    return {**record, **outcome}
+        with open(path, encoding="utf-8") as f:
+            grid = Grid(**{**json.load(f), **{k: v for k, v in choices.items() if v}})
+    except (ValueError, TypeError) as error:
+        raise UserError(f"{path} is damaged or from another version ({error}); run the same "
+                        "`recbole-hybrid compare` again (finished cells are kept), which "
+                        "writes it anew") from None
+    _check_names(grid)
+    with _exclusive(output):
+        _note_skipped(output, log)
+        measured = {m for r in read_records(output) for m in r.get("test_result") or {}}
+        unknown = [m for m in grid.metrics if measured and m not in measured]
+        if unknown:
+            raise UserError(f"--metrics: {', '.join(unknown)} not measured in {output}; its "
+                            f"results have {', '.join(sorted(measured))}")
+        return write_reports(grid, output)
 
 
-def _cell_worker(model, dataset, config_files, overrides, runs_dir, log_file, sender):
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the grid process decides and terminates us
-    with open(log_file, "a", encoding="utf-8") as log:
-        os.dup2(log.fileno(), 1)
-        os.dup2(log.fileno(), 2)
-        try:
-            from recbole_hybrid.runner import run
+def _note_skipped(output, log):
+    skipped = _read(output)[1]
+    if skipped:
+        log(f"note: lines {', '.join(map(str, skipped[:10]))} of {output}/{RESULTS_FILE} are not "
+            "records (a torn write?) and are skipped")
 
-            result = run(model, dataset, config_files, overrides, output_dir=runs_dir)
-            outcome = {"status": "ok", **result}
-        except Exception as error:  # recorded as the cell's result; the grid goes on
-            traceback.print_exc()
-            message = str(error) if isinstance(error, UserError) else traceback.format_exc()
-            outcome = {"status": "failed", "error": message.strip() or type(error).__name__}
-        sys.stdout.flush()
-        sys.stderr.flush()
-        sender.send(outcome)
+
+def _check_names(grid):
+    """`ours`, the baselines and the keys of model_settings must be model names (a subset
+    of a grid file's models may leave some of them out of the grid: no column then)."""
+    for name in [grid.ours, *grid.baselines, *grid.model_settings]:
+        if not registry.is_known(name):
+            raise UnknownModelError(registry.unknown_model_message(name))
+
+
+def _write_grid(grid, output):
+    write_text_atomically(os.path.join(output, GRID_FILE),
+                          json.dumps(dataclasses.asdict(grid), indent=2, default=str))
 
 
 @contextlib.contextmanager
@@ -223,28 +305,6 @@ def _exclusive(output):
             raise UserError(f"another `compare` is running on {output}; wait for it, or pass "
                             "another --output") from None
         yield
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt():
-    """`kill <pid>` stops the grid like Ctrl-C: the running cell is terminated, finished
-    cells stay in the results file."""
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _append(output, record):
-    """One line per record, flushed to disk before the next cell starts."""
-    with open(os.path.join(output, RESULTS_FILE), "a", encoding="utf-8") as f:
-        f.write(json.dumps(record, default=str) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def _short(result, metrics):

@@ -16,9 +16,12 @@ to it and renamed into place, so a failed conversion leaves the old one intact.
 
 import gzip
 import json
+import math
 import os
+import zlib
 
-from recbole_hybrid.errors import UserError
+from recbole_hybrid.errors import OutputError, UserError
+from recbole_hybrid.outputs import describe_os_error, replaced_atomically, writable_folder
 
 HEADER = "user_id:token\titem_id:token\ttimestamp:float\n"
 MAX_REPORTED = 10
@@ -56,18 +59,28 @@ def _amazon_json(line):
              _number(str(review["unixReviewTime"]), "unixReviewTime"))]
 
 
-def _sequences(line):
-    fields = line.split()
-    if len(fields) < 2:
-        raise ValueError("expected a user followed by at least one item")
-    user, items = fields[0], fields[1:]
-    return [(user, item, float(position)) for position, item in enumerate(items)]
+def _sequences():
+    """A parser of `user item_1 item_2 ...` lines; a user on several lines continues the
+    positions of their earlier lines, so their history keeps the file's order."""
+    next_position = {}
+
+    def parse(line):
+        fields = line.split()
+        if len(fields) < 2:
+            raise ValueError("expected a user followed by at least one item")
+        user, items = fields[0], fields[1:]
+        first = next_position.get(user, 0)
+        next_position[user] = first + len(items)
+        return [(user, item, float(first + k)) for k, item in enumerate(items)]
+
+    return parse
 
 
+# format -> a function making a fresh parser of one line into (user, item, timestamp) rows
 FORMATS = {
-    "movielens": _ratings("::", "UserID::MovieID::Rating::Timestamp"),
-    "amazon-csv": _ratings(",", "user,item,rating,timestamp"),
-    "amazon-json": _amazon_json,
+    "movielens": lambda: _ratings("::", "UserID::MovieID::Rating::Timestamp"),
+    "amazon-csv": lambda: _ratings(",", "user,item,rating,timestamp"),
+    "amazon-json": lambda: _amazon_json,
     "sequences": _sequences,
 }
 
@@ -79,30 +92,51 @@ def convert(source, name, fmt, data_path="dataset", force=False):
         raise UserError(f"unknown format {fmt!r}: choose one of {', '.join(FORMATS)}")
     if not os.path.isfile(source):
         raise UserError(f"source file not found: {source}")
+    if not name or name in (".", "..") or any(c in name for c in "/\\") or name.startswith("."):
+        raise UserError(f"--name={name!r}: a dataset name is one folder name, e.g. "
+                        "amazon-office-products (no slashes, not empty, not starting with '.')")
     folder = os.path.join(data_path, name)
     target = os.path.join(folder, f"{name}.inter")
+    if os.path.exists(target) and os.path.samefile(source, target):
+        raise UserError(f"{source} is the dataset file {target} itself; converting it would "
+                        "overwrite the source: pass another --name or --data_path")
     if os.path.exists(target) and not force:
         raise UserError(f"{target} exists already; pass --force (force=True) to replace it")
-    os.makedirs(folder, exist_ok=True)
-    partial = f"{target}.partial"
+    writable_folder(folder, "dataset folder")
+    created = not os.path.isdir(folder)
     try:
-        rows = _write(source, FORMATS[fmt], partial)
-        os.replace(partial, target)
+        os.makedirs(folder, exist_ok=True)
+        with replaced_atomically(target) as partial:
+            rows = _write(source, FORMATS[fmt](), partial)
+    except (EOFError, gzip.BadGzipFile, zlib.error) as error:
+        raise MalformedInputError(f"{source} is not a complete gzip file ({error}); download it "
+                                  "again, or pass the uncompressed file") from None
+    except UnicodeDecodeError as error:
+        raise MalformedInputError(f"{source} is not utf-8 text (byte {error.object[error.start]:#x} "
+                                  "cannot be read): pass the raw text file of the format") from None
+    except OSError as error:
+        if error.filename and os.path.abspath(error.filename) == os.path.abspath(source):
+            raise UserError(f"{source} cannot be read ({error.strerror or error})") from None
+        raise OutputError(describe_os_error(error, target)) from None
     finally:
-        if os.path.exists(partial):
-            os.remove(partial)
+        if created and os.path.isdir(folder) and not os.listdir(folder):
+            os.rmdir(folder)  # a failed conversion leaves nothing behind
     return target, rows
 
 
 def _write(source, parse, path):
     problems, rows = [], 0
     opener = gzip.open if source.endswith(".gz") else open
-    with opener(source, "rt", encoding="utf-8") as lines, open(path, "w", encoding="utf-8") as out:
+    with opener(source, "rt", encoding="utf-8-sig") as lines, \
+            open(path, "w", encoding="utf-8") as out:
         out.write(HEADER)
         for number, line in enumerate(lines, start=1):
             line = line.strip()
             if not line:
                 continue
+            if number == 1 and ":token" in line:
+                raise MalformedInputError(f"{source} starts with an atomic-file header ({line[:60]!r}): "
+                                          "it is in RecBole's format already and needs no conversion")
             try:
                 parsed = parse(line)
             except ValueError as error:
@@ -125,9 +159,12 @@ def _write(source, parse, path):
 
 def _number(text, field):
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         raise ValueError(f"{field} {text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise ValueError(f"{field} {text!r} is not a finite number")
+    return value
 
 
 def _timestamp_text(timestamp):

@@ -1,25 +1,45 @@
-"""Errors a user can fix: the command line prints their message, never a traceback."""
+"""Errors a user can fix, and interruptions: the command line prints their message (one
+paragraph: what was wrong, where, how to fix it), never a traceback."""
 
 
 class UserError(Exception):
-    """Bad input: the message says what was wrong and how to fix it."""
+    """Bad input: the message says what was wrong and how to fix it (exit code 2)."""
 
 
 class UnknownModelError(UserError, ValueError):
     """A model name that neither this plugin nor RecBole defines."""
 
 
-class DatasetNotFoundError(UserError, FileNotFoundError):
+class ConfigError(UserError, ValueError):
+    """Settings a run cannot be started with: unknown keys, wrong types, impossible values."""
+
+
+class DataError(UserError, ValueError):
+    """Data files that are missing or cannot be used as asked."""
+
+
+class DatasetNotFoundError(DataError, FileNotFoundError):
     """A dataset whose atomic files are missing and could not be downloaded."""
 
 
-class InvalidDatasetError(UserError, ValueError):
-    """Atomic files that exist but cannot be used as asked (e.g. a missing column)."""
+class InvalidDatasetError(DataError):
+    """Atomic files that exist but cannot be used as asked (format, columns, values)."""
 
 
-class CheckpointError(UserError, ValueError):
-    """A checkpoint that cannot be read or resumed."""
+class CheckpointError(UserError):
+    """A checkpoint that cannot be read, resumed or loaded into the model."""
 
 
-class ConfigError(UserError, ValueError):
-    """Hyperparameters a model cannot be built with."""
+class OutputError(UserError):
+    """An output (run folder, results, checkpoint) that cannot be written."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM stopped the work; the message says what was kept and how to go on
+    (exit code 130). A KeyboardInterrupt, so that `except Exception` never swallows it."""
+
+
+def last_line(text):
+    """The last non-blank line of an error text (its message after a traceback), or "-"."""
+    lines = str(text or "").strip().splitlines()
+    return lines[-1] if lines else "-"

@@ -9,22 +9,24 @@ not used.
 import os
 import traceback
 
+import hyperopt
 from recbole.trainer import HyperTuning
 
-from recbole_hybrid.errors import UserError
-from recbole_hybrid.tune import append_jsonl, as_config_values, trial_record
+from recbole_hybrid import jsonl
+from recbole_hybrid.errors import UserError, last_line
+from recbole_hybrid.tune import as_config_values, trial_record
 
 
 class RecordingHyperTuning(HyperTuning):
     """HyperTuning whose trials are recorded as they end, failures included."""
 
-    def __init__(self, search, space, jsonl, log, **kwargs):
-        super().__init__(self._objective, **kwargs)
-        self.search, self.types, self.jsonl, self.log = search, space, jsonl, log
+    def __init__(self, search, space, trials_file, log, **kwargs):
+        super().__init__(self._objective, **kwargs)  # sets self.space, hyperopt's form of it
+        self.search, self.parsed_space, self.trials_file, self.log = search, space, trials_file, log
         self.trials = []
 
     def _objective(self, config_dict, config_file_list):
-        params = as_config_values(config_dict, self.types)
+        params = as_config_values(config_dict, self.parsed_space)
         result = self.search.run_trial(params)
         record = trial_record(params, result)
         self._record(record)
@@ -34,20 +36,18 @@ class RecordingHyperTuning(HyperTuning):
                 "test_result": result["test_result"]}
 
     def trial(self, params):
-        import hyperopt
-
         try:
             return super().trial(params)
         except Exception as error:  # one bad trial does not end the search
             message = str(error) if isinstance(error, UserError) else traceback.format_exc()
-            self._record(trial_record(as_config_values(params, self.types), error=message.strip()))
-            self.log(f"trial {len(self.trials)} failed: {message.strip().splitlines()[-1]}")
+            self._record(trial_record(as_config_values(params, self.parsed_space), error=message.strip()))
+            self.log(f"trial {len(self.trials)} failed: {last_line(message)}")
             # a loss too: hyperopt's early-stop function reads it from every trial
             return {"status": hyperopt.STATUS_FAIL, "loss": float("inf")}
 
     def _record(self, record):
         self.trials.append(record)
-        append_jsonl(self.jsonl, record)
+        jsonl.append(self.trials_file, record)
         if record["status"] == "ok":
             self.log(f"trial {len(self.trials)}: {record['params']} -> best valid "
                      f"{self.search.valid_metric} {record['best_valid_score']:.4f}")
@@ -61,6 +61,9 @@ def run_hyperopt(search, params_file, space, algo, max_evals, log):
     )
     log(f"hyperopt {algo} search of {search.model} on {search.dataset}, "
         f"{tuning.max_evals} trials")
-    tuning.run()
+    try:
+        tuning.run()
+    except hyperopt.exceptions.AllTrialsFailed:
+        return tuning.trials  # each failure is recorded with its error
     tuning.export_result(output_file=os.path.join(search.output, "hyperopt_results.txt"))
     return tuning.trials

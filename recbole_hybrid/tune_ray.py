@@ -1,4 +1,4 @@
-"""The Ray Tune engine (Ray 2.6: `tune.Tuner`, `ray.air.session.report`).
+"""The Ray Tune engine (`tune.Tuner`), on Ray 2.6 and current Ray (compat.ray_tune_api).
 
 Each trial is a function trainable that runs `recbole_hybrid.run` and reports the valid
 score after every epoch through RecBole's `callback_fn`, so ASHA stops bad trials early.
@@ -13,6 +13,7 @@ import math
 import os
 import traceback
 
+from recbole_hybrid import processes
 from recbole_hybrid.errors import UserError
 from recbole_hybrid.tune import EXPERIMENT, as_config_values, trial_record
 
@@ -37,9 +38,11 @@ def ray_space(space, algo):
 def trainable(config, search, space, cpus):
     """One trial, in a Ray worker: its cwd and argv are Ray's, so nothing here uses them."""
     import torch
-    from ray.air import session
 
     import recbole_hybrid  # noqa: F401  (the fixes and the models, in this worker)
+    from recbole_hybrid.compat import ray_tune_api
+
+    report_metrics = ray_tune_api().report
 
     torch.set_num_threads(cpus)
     params = as_config_values(config, space)
@@ -47,10 +50,10 @@ def trainable(config, search, space, cpus):
     device = {"use_gpu": True, "gpu_id": gpus} if gpus else {"use_gpu": False}
 
     def report(epoch, valid_score):
-        session.report({"valid_score": float(valid_score), "epoch": epoch})
+        report_metrics({"valid_score": float(valid_score), "epoch": epoch})
 
     result = search.run_trial({**params, **device}, callback=report)
-    session.report({"valid_score": float(result["best_valid_score"]), "final": 1,
+    report_metrics({"valid_score": float(result["best_valid_score"]), "final": 1,
                     "results_file": result["results_file"],
                     **{f"test/{k}": float(v) for k, v in result["test_result"].items()}})
 
@@ -58,8 +61,10 @@ def trainable(config, search, space, cpus):
 def run_ray(search, space, algo, max_evals, *, ray_address=None, resume=False,
             cpus_per_trial=1, gpus_per_trial=None, max_failures=1, log=print):
     import ray
-    from ray import air, tune
+    from ray import tune
     from ray.tune.schedulers import ASHAScheduler
+
+    from recbole_hybrid.compat import ray_tune_api
 
     path = os.path.join(search.output, "ray", EXPERIMENT)
     exists = os.path.isfile(os.path.join(path, "tuner.pkl"))
@@ -69,9 +74,15 @@ def run_ray(search, space, algo, max_evals, *, ray_address=None, resume=False,
         raise UserError(f"{path} holds a Ray Tune experiment already: pass --resume to continue "
                         "it, or another --output for a new search")
     if ray_address:
-        ray.init(address=ray_address, log_to_driver=False)
+        try:
+            ray.init(address=ray_address, log_to_driver=False)
+        except ConnectionError as error:
+            raise UserError(_connection_message(ray_address, error)) from None
     else:
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+        # address="local": a new Ray of its own, even where a cluster runs on this machine
+        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
+                 log_to_driver=False)
+    processes.handle_sigterm_as_sigint()  # ray.init installed its own SIGTERM handler, which aborts
     try:
         gpus = ray.cluster_resources().get("GPU", 0)
         if gpus_per_trial is None:
@@ -88,6 +99,7 @@ def run_ray(search, space, algo, max_evals, *, ray_address=None, resume=False,
                                        resume_errored=True)
             log(f"resuming the Ray Tune experiment in {path}")
         else:
+            api = ray_tune_api()
             tuner = tune.Tuner(
                 function,
                 # bayes: the space lives in HyperOptSearch, which refuses a second one here
@@ -100,9 +112,9 @@ def run_ray(search, space, algo, max_evals, *, ray_address=None, resume=False,
                                             max_t=int(search.overrides.get("epochs", 300)) + 1),
                     search_alg=_search_alg(space, algo, mode),
                 ),
-                run_config=air.RunConfig(
+                run_config=api.RunConfig(
                     name=EXPERIMENT, storage_path=os.path.join(search.output, "ray"),
-                    failure_config=air.FailureConfig(max_failures=max_failures),
+                    failure_config=api.FailureConfig(max_failures=max_failures),
                     verbose=1,
                 ),
             )
@@ -112,8 +124,11 @@ def run_ray(search, space, algo, max_evals, *, ray_address=None, resume=False,
         results = tuner.fit()
         # Ctrl-C makes Ray stop gracefully and return: its unfinished trials are not results
         # (a ResultGrid lists its results in the order of its analysis' trials)
-        statuses = [trial.status for trial in results._experiment_analysis.trials]
-        trials = [_trial(result, space, status) for result, status in zip(results, statuses)]
+        saved = _saved_statuses(path)
+        statuses = [saved.get(trial.trial_id, trial.status)
+                    for trial in results._experiment_analysis.trials]
+        trials = [_trial(result, space, status, search.bigger)
+                  for result, status in zip(results, statuses)]
         unfinished = sum(t["status"] == "unfinished" for t in trials)
         if unfinished:
             log(f"interrupted with {unfinished} trials unfinished: continue with --resume")
@@ -122,11 +137,34 @@ def run_ray(search, space, algo, max_evals, *, ray_address=None, resume=False,
         ray.shutdown()
 
 
+def _saved_statuses(path):
+    """{trial id: status} in the experiment state Ray saved as fit() ended. On an interruption
+    Ray saves the unfinished trials as PENDING / RUNNING and only then stops them, after which
+    their live status, TERMINATED, looks like that of a trial ASHA stopped."""
+    from ray.tune import ExperimentAnalysis
+
+    analysis = ExperimentAnalysis(path)
+    analysis.get_all_configs()  # Ray 2.6 reads the saved trials on first use
+    return {trial.trial_id: trial.status for trial in analysis.trials}
+
+
+def _connection_message(address, error):
+    import ray
+
+    message = (f"cannot connect to the Ray cluster at {address} ({error}): check that its head "
+               f"runs there (`ray start --head --port=...`) with this machine's Ray {ray.__version__} "
+               "and Python version")
+    if hasattr(ray.exceptions, "AuthenticationError") and os.environ.get("RAY_AUTH_MODE") != "token":
+        message += (". A head started where ~/.ray/auth_token exists requires token "
+                    "authentication: run with RAY_AUTH_MODE=token and the cluster's token in "
+                    "~/.ray/auth_token (or RAY_AUTH_TOKEN)")
+    return message
+
+
 def _search_alg(space, algo, mode):
     if algo != "bayes":
         return None
     from ray.tune.search.hyperopt import HyperOptSearch
-
     from recbole.trainer import HyperTuning
 
     return HyperOptSearch(space=HyperTuning._build_space_from_dict(_as_dict(space)),
@@ -139,7 +177,7 @@ def _as_dict(space):
             for kind in {k for k, _ in space.values()}}
 
 
-def _trial(result, space, status):
+def _trial(result, space, status, bigger):
     params = as_config_values(result.config or {}, space)
     if status in ("PENDING", "RUNNING", "PAUSED"):
         return {"params": params, "status": "unfinished"}
@@ -150,8 +188,9 @@ def _trial(result, space, status):
     final = result.metrics or {}
     if not len(scores):
         return trial_record(params, error="no epoch was reported")
+    best_reported = scores.max() if bigger else scores.min()
     record = trial_record(params, {
-        "best_valid_score": float(final["valid_score"] if final.get("final") else scores.max()),
+        "best_valid_score": float(final["valid_score"] if final.get("final") else best_reported),
         "test_result": {k[5:]: v for k, v in final.items() if k.startswith("test/")},
         "results_file": final.get("results_file"),
     })

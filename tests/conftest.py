@@ -2,9 +2,11 @@
 
 import os
 import random
+import socket
 import sys
 
 import pytest
+import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 
@@ -62,3 +64,25 @@ def workdir(tmp_path, monkeypatch):
     """Run in a fresh folder: RecBole writes log/, log_tensorboard/ and saved/ there."""
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """The cores are shared: torch's default threads only fight over them in a
+    module that asks for this (usefixtures)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def flags(settings):
+    """{key: value} as the command line's --key=value arguments."""
+    return [f"--{key}={value}" for key, value in settings.items()]
+
+
+def free_port():
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from conftest import TINY_SASREC, write_tiny_dataset
-from recbole_hybrid import report
+from recbole_hybrid import jsonl, report
 from recbole_hybrid.cli import main
 from recbole_hybrid.compare import RESULTS_FILE, Grid, compare, load_grid, read_records
 from recbole_hybrid.errors import ConfigError, UnknownModelError, UserError
@@ -43,7 +43,7 @@ def test_grid_records_every_cell_and_a_second_run_skips_them(two_datasets, workd
     grid, output = tiny_grid(two_datasets), str(workdir / "cmp")
     log = []
     records = compare(grid, output, log=log.append)
-    assert sorted(records) == sorted((m, d) for d in grid.datasets for m in grid.models)
+    assert sorted(records) == sorted((m, d, None) for d in grid.datasets for m in grid.models)
     for record in records.values():
         assert record["status"] == "ok", record.get("error")
         assert 0 <= record["test_result"]["ndcg@10"] <= record["test_result"]["recall@10"] <= 1
@@ -67,20 +67,29 @@ def test_grid_records_every_cell_and_a_second_run_skips_them(two_datasets, workd
 
 
 def test_a_failing_cell_is_recorded_and_the_grid_goes_on(two_datasets, workdir):
-    grid = tiny_grid(two_datasets, models=["SASRec"], datasets=["no_such_data", "tiny_a"])
+    # every setting passes the checks, but training diverges on tiny_a (loss NaN)
+    grid = tiny_grid(two_datasets, models=["Mamba4Rec"])
+    grid.dataset_settings = {"tiny_a": {"learning_rate": 100}}
     output = str(workdir / "cmp")
     records = compare(grid, output, log=lambda _: None)
-    failed, ok = records[("SASRec", "no_such_data")], records[("SASRec", "tiny_a")]
-    assert failed["status"] == "failed" and "no_such_data" in failed["error"]
+    failed, ok = records[("Mamba4Rec", "tiny_a", None)], records[("Mamba4Rec", "tiny_b", None)]
+    assert failed["status"] == "failed" and "training diverged" in failed["error"]
     assert "Traceback" not in failed["error"]  # a user error is its message
     assert ok["status"] == "ok"
     with open(os.path.join(output, "table.md")) as f:
         table = f.read()
-    assert "Cells without a result:" in table and "SASRec on no_such_data" in table
+    assert "Cells without a result:" in table and "Mamba4Rec on tiny_a" in table
     # failed cells are tried again by the next run, finished ones are not
     log = []
     compare(grid, output, log=log.append)
     assert "1 already done" in log[0] and "1 to run" in log[0]
+
+
+def test_a_missing_dataset_stops_the_grid_before_any_cell(two_datasets, workdir):
+    grid = tiny_grid(two_datasets, models=["SASRec"], datasets=["tiny_a", "no_such_data"])
+    with pytest.raises(UserError, match="Dataset 'no_such_data' not found"):
+        compare(grid, str(workdir / "cmp"), log=lambda _: None)
+    assert not os.path.exists(workdir / "cmp")
 
 
 def test_a_killed_grid_resumes_without_redoing_finished_cells(two_datasets, workdir):
@@ -100,7 +109,7 @@ def test_a_killed_grid_resumes_without_redoing_finished_cells(two_datasets, work
         time.sleep(0.2)
     process.send_signal(signal.SIGTERM)
     printed, _ = process.communicate(timeout=60)
-    assert process.returncode == 2 and "run the same command again to resume" in printed
+    assert process.returncode == 130 and "run the same command again to resume" in printed
     finished = [json.loads(line)["model"] + "/" + json.loads(line)["dataset"]
                 for line in lines(str(output))]
     assert 1 <= len(finished) < 4
@@ -118,10 +127,10 @@ def test_a_changed_setting_makes_a_cell_run_again():
     grid = Grid(models=["SASRec"], datasets=["d"], settings={"epochs": 2})
     changed = Grid(models=["SASRec"], datasets=["d"], settings={"epochs": 3})
     (cell,), (cell_changed,) = grid.cells(), changed.cells()
-    assert grid.settings_key(*cell) != changed.settings_key(*cell_changed)
+    assert grid.settings_key(cell) != changed.settings_key(cell_changed)
     per_model = Grid(models=["SASRec", "GRU4Rec"], datasets=["d"], settings={"epochs": 2},
                      model_settings={"SASRec": {"n_layers": 2}}, dataset_settings={"d": {"epochs": 5}})
-    overrides = {m: o for m, _, o in per_model.cells()}
+    overrides = {cell.model: cell.overrides for cell in per_model.cells()}
     assert overrides == {"SASRec": {"epochs": 5, "n_layers": 2}, "GRU4Rec": {"epochs": 5}}
 
 
@@ -142,20 +151,27 @@ def test_grid_file_and_flags(tmp_path):
     assert main(["compare", "--models", "NoSuchModel", "--datasets", "a"]) == 2
 
 
-def test_a_torn_last_line_is_ignored(tmp_path):
-    (tmp_path / RESULTS_FILE).write_text('{"model": "SASRec", "dataset": "a"}\n{"model": "GR')
-    assert read_records(str(tmp_path)) == [{"model": "SASRec", "dataset": "a"}]
+def test_a_torn_last_line_is_ignored_and_the_next_record_stays_readable(tmp_path):
+    record = {"model": "SASRec", "dataset": "a", "status": "ok", "settings_key": "k",
+              "test_result": {"ndcg@10": 0.5}, "best_valid_result": {"ndcg@10": 0.4}}
+    path = tmp_path / RESULTS_FILE
+    path.write_text(json.dumps(record) + '\n{"model": "GR')  # a crash while writing
+    assert read_records(str(tmp_path)) == [record]
+    jsonl.append(str(path), {**record, "dataset": "b"})
+    assert read_records(str(tmp_path)) == [record, {**record, "dataset": "b"}]
+    path.write_text("[]\n42\n" + json.dumps({"model": "x"}) + "\n" + json.dumps(record) + "\n")
+    assert read_records(str(tmp_path)) == [record]  # valid JSON that is not a record: skipped
 
 
 def test_markdown_marks_best_and_second_shows_published_and_improvement():
     grid = Grid(models=["SASRec", "Mamba4Rec", "MaTrRec"], datasets=["amazon-office-products"],
                 baselines=["SASRec", "Mamba4Rec"], metrics=["recall@10"])
-    records = {(m, "amazon-office-products"): {"status": "ok", "test_result": {"recall@10": v}}
+    records = {(m, "amazon-office-products", None): {"status": "ok", "test_result": {"recall@10": v}}
                for m, v in [("SASRec", 0.09), ("Mamba4Rec", 0.08), ("MaTrRec", 0.10)]}
     table = report.markdown(grid, records)
     row = next(line for line in table.splitlines() if "| recall@10 |" in line)
     assert "<u>0.0900 (0.0977)</u>" in row and "| 0.0800 (0.0864) |" in row
     assert "**0.1000 (0.1019)**" in row
     assert "+11.1%" in row and "+25.0%" in row
-    tex = report.latex(grid, records)
+    tex = report.latex(grid, list(report.metric_rows(grid, records)))
     assert "\\textbf{0.1000}" in tex and "\\underline{0.0900}" in tex

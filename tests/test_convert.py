@@ -12,7 +12,7 @@ import pytest
 from recbole_hybrid.convert import MalformedInputError, convert
 from recbole_hybrid.datasets import create_dataset
 from recbole_hybrid.errors import UserError
-from recbole_hybrid.runner import build_config
+from recbole_hybrid.settings import build_config
 
 SHARED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "datasets")
 OFFICE = os.path.join(SHARED, "Office_Products.txt")

@@ -10,14 +10,9 @@ from recbole.config import Config
 from recbole.trainer import Trainer
 from recbole.utils import get_model
 
+from conftest import flags, free_port
 from recbole_hybrid import compat
-from test_run import flags, run_script
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from test_run import run_script
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ import glob
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,7 +12,7 @@ import time
 import pytest
 import yaml
 
-from conftest import TINY_SASREC
+from conftest import TINY_SASREC, free_port
 from recbole_hybrid.errors import ConfigError, UserError
 from recbole_hybrid.runner import run
 from recbole_hybrid.tune import as_config_values, read_params_file, tune
@@ -134,13 +133,16 @@ def test_an_interrupted_ray_search_resumes_without_redoing_finished_trials(
     command = tune_command(space, output, {**ray_settings, "epochs": 6},
                            "--algo=exhaustive", "--cpus_per_trial=2")  # one trial at a time
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 180
+    deadline = time.time() + 300
     while time.time() < deadline and not glob.glob(f"{output}/runs/*/results.json"):
         time.sleep(0.5)
     process.send_signal(signal.SIGINT)
     printed, _ = process.communicate(timeout=120)
     finished = glob.glob(f"{output}/runs/*/results.json")
     assert 1 <= len(finished) < 4, printed[-3000:]
+    assert process.returncode == 130 and "--resume" in printed, printed[-3000:]
+    statuses = [t["status"] for t in read_trials(output)]
+    assert statuses.count("ok") == len(finished) and "unfinished" in statuses, statuses
 
     again = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert again.returncode == 2 and "pass --resume" in again.stderr
@@ -153,12 +155,6 @@ def test_an_interrupted_ray_search_resumes_without_redoing_finished_trials(
     results = glob.glob(f"{output}/runs/*/results.json")
     assert set(finished) <= set(results)  # the finished ones were kept, not run again:
     assert len(results) == sum(t["status"] == "ok" for t in trials)  # one run per finished trial
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.skipif(shutil.which("ray", path=os.path.dirname(sys.executable)) is None,

@@ -9,6 +9,7 @@ from torch import nn
 
 from recbole_hybrid.errors import ConfigError
 from recbole_hybrid.modules import Mamba
+from recbole_hybrid.ops.backend import check, requested_impl
 
 
 class TiedEmbeddingRecommender(SequentialRecommender):
@@ -54,7 +55,7 @@ class TiedEmbeddingRecommender(SequentialRecommender):
             "d_state": positive_int(config, "d_state"),
             "d_conv": positive_int(config, "d_conv"),
             "expand": positive_int(config, "expand"),
-            "impl": config["mamba_impl"],
+            "impl": mamba_impl(config),
         }
 
     def initialize(self, config, init_weights):
@@ -92,6 +93,13 @@ def kaiming_init(module):
         nn.init.kaiming_uniform_(module.weight, a=math.sqrt(5))
     if isinstance(module, nn.Linear) and module.bias is not None:
         module.bias.data.zero_()
+
+
+def mamba_impl(config):
+    """`mamba_impl`, checked against the run's device now rather than at the first step."""
+    impl = requested_impl(config["mamba_impl"])
+    check(impl, config["device"])
+    return impl
 
 
 def positive_int(config, key):

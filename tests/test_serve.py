@@ -1,0 +1,158 @@
+"""The HTTP service as a client sees it: a real server process on a free port, a real client."""
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+import torch
+from conftest import N_USERS, free_port, write_tiny_dataset
+from recbole.data import data_preparation
+from recbole.utils import get_model, init_seed
+
+from recbole_hybrid import cli
+from recbole_hybrid.datasets import create_dataset
+from recbole_hybrid.recommend import Recommender
+from recbole_hybrid.settings import build_config
+
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    """A bundle of an (untrained) MaTrRec on the tiny dataset, and its Recommender."""
+    folder = tmp_path_factory.mktemp("serve")
+    write_tiny_dataset(str(folder))
+    config = build_config("MaTrRec", "tiny", overrides=dict(
+        MAX_ITEM_LIST_LENGTH=10, hidden_size=16, d_state=8, inner_size=32,
+        data_path=str(folder), train_neg_sample_args=None))
+    train, _, _ = data_preparation(config, create_dataset(config))
+    init_seed(0, True)
+    model = get_model("MaTrRec")(config, train._dataset)
+    torch.save({"config": config, "state_dict": model.state_dict()}, folder / "model.pth")
+    recommender = Recommender.load(str(folder / "model.pth"), device="cpu")
+    recommender.save(str(folder / "model.bundle"))
+    return str(folder / "model.bundle"), recommender
+
+
+@pytest.fixture(scope="module")
+def server(bundle, tmp_path_factory):
+    """`recbole-hybrid serve` in a subprocess; its URL. Stopped (and checked gone) at the end."""
+    port = free_port()
+    log = open(tmp_path_factory.mktemp("server") / "server.log", "w+")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "recbole_hybrid", "serve", f"--model_file={bundle[0]}",
+         f"--port={port}", "--threads=1", "--max_batch=32", "--max_wait_ms=20"],
+        stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            assert process.poll() is None, f"the server exited:\n{log.seek(0) or log.read()}"
+            assert time.time() < deadline, "the server did not answer /health within 120 s"
+            try:
+                if httpx.get(f"{url}/health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            pytest.fail("the server did not stop on SIGTERM within 30 s")
+        log.close()
+    assert process.poll() is not None
+
+
+def test_answers_equal_the_library(server, bundle):
+    _, recommender = bundle
+    cases = [
+        ({"user": "7"}, recommender.recommend(users=["7"])[0]),
+        ({"user": 7, "k": 3, "exclude_seen": False},
+         recommender.recommend(users=["7"], k=3, exclude_seen=False)[0]),
+        ({"items": ["3", 4, "nope"], "k": 5},
+         recommender.recommend(sequences=[["3", "4", "nope"]], k=5)[0]),
+    ]
+    for body, expected in cases:
+        response = httpx.post(f"{server}/recommend", json=body)
+        assert response.status_code == 200, response.text
+        got = response.json()
+        assert got["items"] == expected["items"] and got["user"] == expected["user"]
+        assert got["scores"] == pytest.approx(expected["scores"], abs=1e-5)
+        assert got["ignored"] == expected["ignored"]
+    assert response.json()["ignored"] == ["nope"]
+
+
+def test_bad_input_is_a_4xx_and_the_server_keeps_serving(server):
+    cases = [
+        ({"user": "nobody"}, 400, "unknown user 'nobody'"),
+        ({"items": ["x", "y"]}, 400, "none of the items 'x', 'y' is known"),
+        ({"items": []}, 400, "the item sequence is empty"),
+        ({"user": "1", "k": 0}, 400, "k must be an integer from 1 to 30"),
+        ({"user": "1", "k": 31}, 400, "got 31"),
+        ({"user": "1", "k": "ten"}, 422, "invalid request (k: "),
+        ({"user": "1", "exclude_seen": "maybe"}, 422, "exclude_seen"),
+        ({"user": "1", "items": ["2"]}, 400, 'give either "user"'),
+        ({}, 400, 'give either "user"'),
+        ([1, 2], 422, "invalid request"),
+        ('{"user": "1", ', 400, "not valid JSON"),
+    ]
+    for body, status, detail in cases:
+        if isinstance(body, str):
+            response = httpx.post(f"{server}/recommend", content=body,
+                                  headers={"content-type": "application/json"})
+        else:
+            response = httpx.post(f"{server}/recommend", json=body)
+        assert response.status_code == status, (body, response.text)
+        assert isinstance(response.json()["detail"], str) and detail in response.json()["detail"]
+    health = httpx.get(f"{server}/health")
+    assert health.status_code == 200 and health.json()["status"] == "ok"
+    assert httpx.post(f"{server}/recommend", json={"user": "1"}).status_code == 200
+
+
+def test_concurrent_requests_are_batched_and_all_answered(server, bundle):
+    _, recommender = bundle
+    bodies = [{"user": str(i % N_USERS + 1), "k": i % 7 + 1, "exclude_seen": i % 3 > 0}
+              for i in range(96)]
+    before = httpx.get(f"{server}/health").json()
+
+    async def send_all():
+        async with httpx.AsyncClient(base_url=server, timeout=60) as client:
+            return await asyncio.gather(*(client.post("/recommend", json=b) for b in bodies))
+
+    responses = asyncio.run(send_all())
+    after = httpx.get(f"{server}/health").json()
+    for body, response in zip(bodies, responses):
+        assert response.status_code == 200
+        expected = recommender.recommend(users=[body["user"]], k=body["k"],
+                                         exclude_seen=body["exclude_seen"])[0]
+        assert response.json()["items"] == expected["items"]
+        assert response.json()["scores"] == pytest.approx(expected["scores"], abs=1e-5)
+    requests, batches = after["requests"] - before["requests"], after["batches"] - before["batches"]
+    assert requests == len(bodies)
+    assert batches <= len(bodies) // 4, f"{requests} requests in {batches} batches"
+
+
+def test_openapi_docs(server):
+    assert httpx.get(f"{server}/docs").status_code == 200
+    schema = httpx.get(f"{server}/openapi.json").json()
+    assert "/recommend" in schema["paths"] and "/health" in schema["paths"]
+
+
+def test_a_busy_port_is_a_clear_error(bundle, capsys):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        code = cli.main(["serve", f"--model_file={bundle[0]}", f"--port={busy.getsockname()[1]}"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith("error: --port=") and "on 127.0.0.1 is not free" in err
