@@ -35,8 +35,8 @@ EXPERIMENT = "search"
 def read_params_file(path):
     """{name: (kind, value)}, kind in choice/uniform/quniform/loguniform; clear errors."""
     if not os.path.isfile(path):
-        raise UserError(f"params file {path} " + ("is a folder" if os.path.isdir(path) else
-                                                  "not found"))
+        raise UserError(f"params file {path} is a folder" if os.path.isdir(path) else
+                        f"params file not found: {path}")
     space = {}
     try:
         with open(path, encoding="utf-8") as f:
