@@ -25,6 +25,7 @@ import torch
 
 from recbole_hybrid import registry
 from recbole_hybrid.errors import ConfigError, OutputError, UnknownModelError
+from recbole_hybrid.outputs import replaced_atomically
 
 # Known noise, silenced before RecBole imports ray: ray 2.6.3 warns about pkg_resources and
 # np.bool8 at import.
@@ -194,13 +195,10 @@ def _fix_checkpoint_files():
         if not self.config["single_spec"] and self.config["local_rank"] != 0:
             return
         target = kwargs.pop("saved_model_file", self.saved_model_file)
-        partial = f"{target}.partial"
         try:
-            original_save(self, epoch, verbose=False, saved_model_file=partial, **kwargs)
-            os.replace(partial, target)
+            with replaced_atomically(target) as partial:
+                original_save(self, epoch, verbose=False, saved_model_file=partial, **kwargs)
         except (OSError, RuntimeError) as error:  # torch reports a full disk as RuntimeError
-            with contextlib.suppress(OSError):
-                os.remove(partial)
             kept = f"the previous best, {target}, is kept" if os.path.exists(target) else \
                 "no earlier checkpoint exists"
             full = getattr(error, "errno", None) == errno.ENOSPC or \

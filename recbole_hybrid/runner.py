@@ -8,7 +8,6 @@ Interruptions (Ctrl-C, SIGTERM) raise `Interrupted` naming the checkpoint to res
 
 import contextlib
 import datetime
-import glob
 import logging
 import os
 import time
@@ -250,8 +249,6 @@ def _training_faults(trainer):
     except KeyboardInterrupt:
         raise Interrupted(f"interrupted. {kept()}") from None
     except OSError as error:
-        for partial in glob.glob(f"{saved}*.partial"):
-            os.remove(partial)
         raise OutputError(f"{outputs.describe_os_error(error)}. {kept()}") from None
     except ValueError as error:
         if str(error) != "Training loss is nan":  # RecBole's own check after each batch
