@@ -6,13 +6,15 @@
     GET  /docs       the OpenAPI documentation FastAPI generates
 
 Requests that arrive together are scored as one batch (micro-batching): a batch opens with
-the first waiting request, waits `max_wait` seconds for others, and takes up to `max_batch`
-of them; one worker thread runs the model, so new requests gather while a batch is scored.
+the first waiting request, waits `max_wait` seconds for others (only when the batch before
+held more than one request: a lone client does not wait), and takes up to `max_batch` of them;
+one worker thread runs the model, so new requests gather while a batch is scored.
 Bad input is a 4xx with a JSON `detail` sentence; the service keeps serving.
 """
 
 import asyncio
 import contextlib
+import gc
 from concurrent.futures import ThreadPoolExecutor
 from typing import List, Optional, Union
 
@@ -61,9 +63,10 @@ class MicroBatcher:
 
     async def run(self):
         loop = asyncio.get_running_loop()
+        previous = 1  # the size of the batch before
         while True:
             batch = [await self.queue.get()]
-            if self.max_batch > 1 and self.max_wait > 0:
+            if self.max_batch > 1 and self.max_wait > 0 and previous > 1:
                 await asyncio.sleep(self.max_wait)
             while len(batch) < self.max_batch and not self.queue.empty():
                 batch.append(self.queue.get_nowait())
@@ -75,6 +78,7 @@ class MicroBatcher:
             except Exception as error:  # reported to every request of the batch as a 500
                 results = [error] * len(batch)
             self.requests, self.batches = self.requests + len(batch), self.batches + 1
+            previous = len(batch)
             for future, result in zip(futures, results):
                 if future.done():  # the client went away
                     continue
@@ -144,4 +148,8 @@ def serve(recommender, host="127.0.0.1", port=8000, max_batch=64, max_wait=0.002
 
     torch.set_num_threads(threads)
     app = create_app(recommender, max_batch, max_wait)
+    # What is loaded now lives as long as the server: out of the collector's full passes,
+    # which otherwise stop every request for about 0.2 s now and then (benchmarks/serve_load.py)
+    gc.collect()
+    gc.freeze()
     uvicorn.run(app, host=host, port=port, access_log=False, log_level="warning")

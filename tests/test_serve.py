@@ -156,3 +156,62 @@ def test_a_busy_port_is_a_clear_error(bundle, capsys):
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1
     assert err.startswith("error: --port=") and "on 127.0.0.1 is not free" in err
+
+
+class _CountingRecommender:
+    """Stands in for a Recommender in MicroBatcher: remembers each batch's size."""
+
+    def __init__(self):
+        self.sizes = []
+
+    def top_k(self, queries, ks, exclude_seen):
+        self.sizes.append(len(queries))
+        return [{"query": q} for q in queries]
+
+
+def test_a_lone_request_does_not_wait_but_concurrent_ones_do():
+    """max_wait (here 0.5 s) applies only after a batch of several requests."""
+    from recbole_hybrid.serve import MicroBatcher
+
+    async def scenario():
+        recommender = _CountingRecommender()
+        batcher = MicroBatcher(recommender, max_batch=64, max_wait=0.5)
+        worker = asyncio.create_task(batcher.run())
+        try:
+            started = time.perf_counter()
+            assert await batcher.submit("alone", 1, True) == {"query": "alone"}
+            lone = time.perf_counter() - started
+            # three queued together: one batch, without a wait
+            await asyncio.gather(*(batcher.submit(q, 1, True) for q in "abc"))
+            started = time.perf_counter()
+            late = asyncio.create_task(batcher.submit("d", 1, True))
+            await asyncio.sleep(0.1)  # within the wait that follows a batch of three
+            await asyncio.gather(late, batcher.submit("e", 1, True))
+            waited = time.perf_counter() - started
+        finally:
+            worker.cancel()
+            batcher.worker.shutdown()
+        return recommender.sizes, lone, waited
+
+    sizes, lone, waited = asyncio.run(scenario())
+    assert lone < 0.25, f"a lone request waited {lone:.3f} s"
+    assert sizes == [1, 3, 2], sizes
+    assert waited >= 0.45, f"the wait after a batch of three lasted {waited:.3f} s"
+
+
+def test_serve_keeps_what_it_loaded_out_of_the_garbage_collector(bundle, monkeypatch):
+    """Full collections over the loaded model and vocabularies stalled requests for ~0.2 s."""
+    import gc
+
+    import uvicorn
+
+    from recbole_hybrid import serve as serve_module
+
+    frozen = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: frozen.append(gc.get_freeze_count()))
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)
+    try:
+        serve_module.serve(bundle[1], port=free_port())
+    finally:
+        gc.unfreeze()
+    assert frozen and frozen[0] > 10000, frozen
