@@ -70,8 +70,7 @@ def run_distributed(config, config_files, overrides, nproc, world_size, ip, port
     workers = mp.start_processes(_worker, args=(os.getpid(), model, dataset, files, config_dict, queue),
                                  nprocs=nproc, join=False, start_method="spawn")
     try:
-        while not workers.join():
-            pass
+        result = join_reading(workers, queue)
     except KeyboardInterrupt:
         for process in workers.processes:
             processes.stop(process)
@@ -87,10 +86,9 @@ def run_distributed(config, config_files, overrides, nproc, world_size, ip, port
     # RecBole's workers report metrics only: the efficiency figures are not measured here
     unmeasured = {**dict.fromkeys(EFFICIENCY_KEYS), "device": f"{nproc} {backend} processes",
                   "per_user_file": None}
-    if queue.empty():  # the nodes with offset > 0 report nothing
+    if result is None:  # the nodes with offset > 0 report nothing
         return {"best_valid_score": None, "best_valid_result": {}, "test_result": {},
                 "checkpoint": None, "log_file": None, **unmeasured}
-    result = queue.get()
     checkpoints = sorted(glob.glob(os.path.join(config["checkpoint_dir"], f"{model}-*.pth")))
     return {
         "best_valid_score": float(result["best_valid_score"]),
@@ -100,6 +98,20 @@ def run_distributed(config, config_files, overrides, nproc, world_size, ip, port
         "log_file": None,
         **unmeasured,
     }
+
+
+def join_reading(workers, queue):
+    """Wait for every worker of `workers` (torch.multiprocessing's context) to end and return
+    what rank 0 put on `queue` (None if nothing). The queue is read while the workers run:
+    a result larger than the pipe's buffer (64 KiB) would otherwise block its writer, and so
+    the join, for ever."""
+    result = None
+    while not workers.join(timeout=0.2):
+        if result is None and not queue.empty():
+            result = queue.get()
+    if result is None and not queue.empty():
+        result = queue.get()
+    return result
 
 
 def _worker(local_rank, parent_pid, model, dataset, files, config_dict, queue):

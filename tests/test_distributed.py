@@ -81,3 +81,33 @@ def test_nccl_without_gpus_is_explained(tiny, workdir):
     done = run_script("--model=SASRec", "--dataset=tiny", "--nproc=2", "--ddp_backend=nccl",
                       *flags(tiny), cwd=workdir)
     assert done.returncode == 2 and "0 GPUs are visible" in done.stderr
+
+
+def _put_a_large_result(rank, queue):
+    """A worker of the test below: rank 0 reports 1 MB, far more than a pipe holds."""
+    if rank == 0:
+        queue.put({"test_result": {f"metric@{k}": float(k) for k in range(40000)}})
+
+
+def test_a_result_larger_than_the_pipe_does_not_block_the_join():
+    """A result over the pipe's 64 KiB blocked rank 0's put until someone read it, and the
+    parent read only after the join: neither ever ended."""
+    import threading
+
+    import torch.multiprocessing as mp
+
+    from recbole_hybrid.distributed import join_reading
+
+    queue = mp.get_context("spawn").SimpleQueue()
+    workers = mp.start_processes(_put_a_large_result, args=(queue,), nprocs=2, join=False,
+                                 start_method="spawn")
+    answer = []
+    joiner = threading.Thread(target=lambda: answer.append(join_reading(workers, queue)),
+                              daemon=True)
+    joiner.start()
+    joiner.join(timeout=120)
+    for process in workers.processes:
+        if process.is_alive():
+            process.kill()
+    assert not joiner.is_alive(), "the workers and the join still wait after 120 s"
+    assert len(answer[0]["test_result"]) == 40000
