@@ -1,8 +1,10 @@
 """Shared fixtures: a tiny synthetic dataset and small-model settings that train in seconds."""
 
+import contextlib
 import os
 import random
 import socket
+import subprocess
 import sys
 
 import pytest
@@ -13,6 +15,9 @@ sys.path.insert(0, os.path.dirname(__file__))
 import recbole_hybrid  # noqa: E402,F401  (applies the RecBole fixes)
 
 N_USERS, N_ITEMS = 60, 30
+SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                      "run_recbole_hybrid.py")  # the repository's script
+INTER_HEADER = "user_id:token\titem_id:token\ttimestamp:float\n"  # an .inter file's first line
 
 # SASRec shrunk so that one epoch on the tiny dataset takes well under a second.
 TINY_SASREC = {
@@ -86,3 +91,45 @@ def free_port():
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def cli_run(capsys, *argv):
+    """`recbole-hybrid run ...` in this process: (exit code, stderr)."""
+    from recbole_hybrid import cli
+
+    code = cli.main(["run", *argv])
+    return code, capsys.readouterr().err
+
+
+def assert_one_paragraph(code, err, *fragments):
+    """A user error: exit code 2 and one `error: ...` line holding every fragment."""
+    assert code == 2, err
+    assert "Traceback" not in err
+    message = err.strip().splitlines()[-1]
+    assert message.startswith("error: "), err
+    for fragment in fragments:
+        assert fragment in message, message
+
+
+@pytest.fixture
+def sasrec(tiny, workdir):
+    """Flags of a one-epoch SASRec run on the tiny dataset."""
+    return ["--model=SASRec", "--dataset=tiny", *flags(dict(tiny, epochs=1))]
+
+
+@contextlib.contextmanager
+def read_only(folder):
+    """`folder` made read-only for this process: chmod for a user, the immutable flag for root."""
+    if os.geteuid() != 0:
+        os.chmod(folder, 0o555)
+        try:
+            yield
+        finally:
+            os.chmod(folder, 0o755)
+        return
+    if subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode != 0:
+        pytest.skip("root and no immutable flag here: nothing is read-only")
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", str(folder)], check=True)

@@ -2,12 +2,12 @@
 
 import copy
 import json
-import os
 import subprocess
 import sys
 
 import pytest
 import torch
+from conftest import SCRIPT
 from recbole.data import data_preparation
 from recbole.data.interaction import Interaction
 from recbole.utils import get_model, init_seed
@@ -236,8 +236,7 @@ def test_impossible_hyperparameters_are_explained(model, overrides, message, dat
 
 def test_the_run_script_reports_impossible_hyperparameters(data_path, workdir):
     done = subprocess.run(
-        [sys.executable, os.path.join(os.path.dirname(os.path.dirname(__file__)), "run_recbole_hybrid.py"),
-         "--model=MaTrRec", "--dataset=tiny", f"--data_path={data_path}", "--n_heads=3"],
+        [sys.executable, SCRIPT, "--model=MaTrRec", "--dataset=tiny", f"--data_path={data_path}", "--n_heads=3"],
         cwd=workdir, capture_output=True, text=True)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "must be divisible by n_heads" in done.stderr

@@ -14,12 +14,10 @@ import torch
 import yaml
 from recbole.quick_start import load_data_and_model
 
-from conftest import flags
+from conftest import SCRIPT, flags
 from recbole_hybrid.errors import InvalidDatasetError, UserError
 from recbole_hybrid.settings import build_config
 
-REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = os.path.join(REPOSITORY, "run_recbole_hybrid.py")
 
 
 def run_script(*args, cwd, timeout=300):

@@ -1,0 +1,129 @@
+"""Real signals on real subprocesses (SIGTERM, SIGKILL, Ctrl-C) of a run, a compare, a
+multi-process run and a hyperopt search: the right exit code, no process left behind,
+every finished result kept."""
+
+import glob
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import yaml
+from conftest import SCRIPT, flags
+
+# ---- signals on real processes ----------------------------------------------------------------
+
+def descendants(pid):
+    """Every live process whose chain of parents leads to `pid`."""
+    parents = {}
+    for stat in glob.glob("/proc/[0-9]*/stat"):
+        try:
+            with open(stat) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            if fields[0] != "Z":
+                parents[int(stat.split("/")[2])] = int(fields[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def wait_until(condition, timeout=120, what="the condition"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if condition():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def long_sasrec(tiny):
+    return ["--model=SASRec", "--dataset=tiny",
+            *flags(dict(tiny, epochs=300, stopping_step=300))]
+
+
+def test_sigterm_of_a_run_names_the_checkpoint_to_resume_from(tiny, workdir):
+    process = subprocess.Popen([sys.executable, SCRIPT, *long_sasrec(tiny)], cwd=workdir,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_until(lambda: glob.glob(str(workdir / "runs" / "*" / "*.pth")), what="a checkpoint")
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err[-2000:]
+    (checkpoint,) = glob.glob(str(workdir / "runs" / "*" / "*.pth"))
+    assert f"--resume={checkpoint}" in err and "Traceback" not in err
+
+
+def test_killing_compare_kills_its_cell_and_the_next_compare_can_run(tiny, workdir):
+    grid = workdir / "grid.yaml"
+    grid.write_text(yaml.safe_dump({"models": ["SASRec"], "datasets": ["tiny"],
+                                    "metrics": ["hit@10"],
+                                    "settings": {**tiny, "epochs": 300, "stopping_step": 300}}))
+    command = [sys.executable, "-m", "recbole_hybrid", "compare", "--grid", str(grid),
+               "--output", str(workdir / "out")]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_until(lambda: glob.glob(str(workdir / "out" / "runs" / "*" / "*.pth")),
+               what="the cell's first checkpoint")
+    cells = descendants(process.pid)
+    assert cells
+    process.kill()  # SIGKILL: no handler of the parent runs
+    process.wait()
+    wait_until(lambda: not any(alive(pid) for pid in cells), timeout=30,
+               what="the orphaned cell to stop")
+    again = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    wait_until(lambda: len(glob.glob(str(workdir / "out" / "runs" / "*"))) == 2,
+               what="the second compare's cell")  # the lock did not outlive its owner
+    again.send_signal(signal.SIGTERM)
+    printed, _ = again.communicate(timeout=60)
+    assert again.returncode == 130 and "run the same command again to resume" in printed
+    assert not descendants(again.pid)
+
+
+def test_sigterm_of_a_multi_process_run_stops_every_worker(tiny, workdir):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    process = subprocess.Popen([sys.executable, SCRIPT, *long_sasrec(tiny), "--nproc=2",
+                                f"--port={port}"], cwd=workdir, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    wait_until(lambda: glob.glob(str(workdir / "runs" / "*" / "*.pth")), what="a checkpoint")
+    workers = descendants(process.pid)
+    assert len(workers) >= 2
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err[-2000:]
+    wait_until(lambda: not any(alive(pid) for pid in workers), timeout=30,
+               what="the workers to stop")
+
+
+def test_ctrl_c_stops_a_hyperopt_search_and_keeps_its_finished_trials(tiny, workdir):
+    params = workdir / "space.hyper"
+    params.write_text("learning_rate choice [0.01,0.005,0.002,0.001]\n")
+    output = workdir / "search"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "recbole_hybrid", "tune", "--model=SASRec", "--dataset=tiny",
+         "--params_file", str(params), "--output", str(output),
+         *flags(dict(tiny, epochs=40, stopping_step=40))],
+        cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    trials_file = output / "trials.jsonl"
+    wait_until(lambda: trials_file.exists() and trials_file.read_text().count("\n") >= 1,
+               timeout=300, what="the first trial")
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130 and "interrupted" in err and "Traceback" not in err
+    records = [json.loads(line) for line in trials_file.read_text().splitlines()]
+    assert 1 <= len(records) < 4 and all(r["status"] == "ok" for r in records)
+    assert (output / "trials.md").exists() and (output / "best.yaml").exists()
+    assert not descendants(process.pid)
