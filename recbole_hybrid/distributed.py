@@ -106,12 +106,12 @@ def join_reading(workers, queue):
     a result larger than the pipe's buffer (64 KiB) would otherwise block its writer, and so
     the join, for ever."""
     result = None
-    while not workers.join(timeout=0.2):
+    while True:
+        finished = workers.join(timeout=0.2)
         if result is None and not queue.empty():
             result = queue.get()
-    if result is None and not queue.empty():
-        result = queue.get()
-    return result
+        if finished:
+            return result
 
 
 def _worker(local_rank, parent_pid, model, dataset, files, config_dict, queue):

@@ -66,7 +66,7 @@ class MicroBatcher:
         previous = 1  # the size of the batch before
         while True:
             batch = [await self.queue.get()]
-            if self.max_batch > 1 and self.max_wait > 0 and previous > 1:
+            if previous > 1 and self.max_wait > 0:  # previous is 1 when max_batch is 1
                 await asyncio.sleep(self.max_wait)
             while len(batch) < self.max_batch and not self.queue.empty():
                 batch.append(self.queue.get_nowait())
