@@ -9,9 +9,9 @@ timestamp per step), written once to ~/.cache/recbole_hybrid_bench/; `--scale` s
 users and interactions (e.g. 0.01 for a quick run on CPU). RecBole's sequential protocol as
 in properties/dataset/ml-1m.yaml: histories up to MAX_ITEM_LIST_LENGTH 200, leave-one-out
 split. MaTrRec with its package defaults (hidden 64, d_state 32, d_conv 4, expand 2, batch
-2048, CE over all items). For each `mamba_impl`, a model with the same initial weights trains
-`--epochs` epochs through RecBole's Trainer (data loading included, no evaluation); the
-table gives the seconds of each epoch (the first includes Triton's compilation) and the mean
+2048, CE over all items). The dataset and its DataLoader are built once; for each
+`mamba_impl`, a model with the same initial weights and the same batch order trains `--epochs`
+epochs through RecBole's Trainer (data loading included, no evaluation); the table gives the seconds of each epoch (the first includes Triton's compilation) and the mean
 training loss of the first, which must agree across implementations to float rounding. An
 implementation that cannot run here (no mamba_ssm, no CUDA) gets a row saying why.
 """
@@ -54,11 +54,12 @@ def write_dataset(scale):
     return data_path
 
 
-def train(impl, data_path, epochs, device):
-    """Seconds of each training epoch and the first epoch's mean loss, with `mamba_impl`."""
+def prepare(data_path, epochs, device):
+    """RecBole's Config and training DataLoader for MaTrRec on the synthetic dataset, built
+    once and shared by every implementation (mamba_impl only changes the model)."""
     from recbole.config import Config
     from recbole.data import create_dataset, data_preparation
-    from recbole.utils import get_model, get_trainer, init_seed
+    from recbole.utils import init_seed
 
     import recbole_hybrid
 
@@ -67,14 +68,23 @@ def train(impl, data_path, epochs, device):
                               "MaTrRec.yaml")
     config = Config(model="MaTrRec", dataset="ml1m-synthetic", config_file_list=[model_file],
                     config_dict={
-                        "data_path": data_path, "mamba_impl": impl, "MAX_ITEM_LIST_LENGTH": 200,
+                        "data_path": data_path, "MAX_ITEM_LIST_LENGTH": 200,
                         "load_col": {"inter": ["user_id", "item_id", "timestamp"]},
                         "train_neg_sample_args": None, "use_gpu": device == "cuda",
                         "show_progress": False, "epochs": epochs,
                     })
     init_seed(config["seed"], config["reproducibility"])
     train_data, _, _ = data_preparation(config, create_dataset(config))
+    return config, train_data
+
+
+def train(impl, config, train_data, epochs, device):
+    """Seconds of each training epoch and the first epoch's mean loss, with `mamba_impl`."""
+    from recbole.utils import get_model, get_trainer, init_seed
+
+    config["mamba_impl"] = impl
     init_seed(config["seed"], config["reproducibility"])
+    train_data.generator.manual_seed(config["seed"])  # the same shuffles for every impl
     model = get_model("MaTrRec")(config, train_data._dataset).to(config["device"])
     trainer = get_trainer(config["MODEL_TYPE"], "MaTrRec")(config, model)
     seconds, first_loss = [], None
@@ -88,7 +98,7 @@ def train(impl, data_path, epochs, device):
         seconds.append(time.perf_counter() - start)
         if first_loss is None:
             first_loss = loss / len(train_data)
-    return seconds, first_loss, len(train_data)
+    return seconds, first_loss
 
 
 def main():
@@ -108,14 +118,17 @@ def main():
     from recbole_hybrid.errors import ConfigError
     from recbole_hybrid.ops import backend
 
+    config, train_data = None, None
     for impl in args.impls.split(","):
         try:
             backend.check(impl, args.device)
         except ConfigError as error:
             print(f"| {impl} | not run: {error} |")
             continue
-        seconds, loss, batches = train(impl, data_path, args.epochs, args.device)
-        print(f"| {impl} | {batches} | " + " | ".join(f"{s:.1f}" for s in seconds)
+        if config is None:
+            config, train_data = prepare(data_path, args.epochs, args.device)
+        seconds, loss = train(impl, config, train_data, args.epochs, args.device)
+        print(f"| {impl} | {len(train_data)} | " + " | ".join(f"{s:.1f}" for s in seconds)
               + f" | {loss:.6f} |", flush=True)
 
 

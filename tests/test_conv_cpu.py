@@ -1,10 +1,14 @@
-"""The C++ causal depthwise convolution against PyTorch's conv1d, forward and gradients."""
+"""The C++ causal depthwise convolution against PyTorch's conv1d, forward and gradients;
+how the causal_conv1d package's kernel is called."""
+
+import sys
+import types
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from recbole_hybrid.ops import causal_conv1d, cpu_kernel
+from recbole_hybrid.ops import backend, causal_conv1d, cpu_kernel
 from recbole_hybrid.ops.causal_conv import CpuCausalConv
 from test_selective_scan import relative_error
 
@@ -72,3 +76,21 @@ def test_pytorch_fallback_gives_the_same(monkeypatch):
     fused = causal_conv1d(x, weight, bias, "silu")
     monkeypatch.setenv(cpu_kernel.ENV_VAR, "0")
     assert relative_error(causal_conv1d(x, weight, bias, "silu"), fused) <= 1e-13
+
+
+def test_the_causal_conv1d_kernel_gets_the_activation_by_name(monkeypatch):
+    """causal_conv1d 1.7.0 takes seq_idx, initial_states, ... before `activation`: given by
+    position, "silu" landed in seq_idx and training on the kernel path failed on CUDA."""
+    calls = []
+
+    def causal_conv1d_fn(x, weight, bias=None, seq_idx=None, initial_states=None,
+                         return_final_states=False, final_states_out=None, activation=None):
+        calls.append((seq_idx, activation))
+        return x
+
+    monkeypatch.setitem(sys.modules, "causal_conv1d",
+                        types.SimpleNamespace(causal_conv1d_fn=causal_conv1d_fn))
+    monkeypatch.setattr(backend, "conv_path", lambda impl, tensor: "kernel")
+    (x, weight, bias), _ = conv_inputs(2, 4, 6, 4, torch.float32, True, True)
+    causal_conv1d(x, weight, bias, "silu")
+    assert calls == [(None, "silu")]

@@ -23,7 +23,7 @@ def causal_conv1d(x, weight, bias=None, activation=None, *, impl=None):
     if path == "kernel":
         from causal_conv1d import causal_conv1d_fn
 
-        return causal_conv1d_fn(x, weight, bias, activation)
+        return causal_conv1d_fn(x, weight, bias, activation=activation)
     if path == "triton":
         from recbole_hybrid.ops import triton_conv
 

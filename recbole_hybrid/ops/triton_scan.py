@@ -28,9 +28,10 @@ CHUNK = 16  # steps between the states the backward keeps
 
 def block_sizes(d_state):
     """(BLOCK_D * BLOCK_N, the state one program holds; its number of warps), as measured
-    fastest on an H100 (benchmarks/selective_scan_gpu.py --triton-configs): one warp over
-    256 states up to d_state 32, four warps over 512 above."""
-    return (256, 1) if d_state <= 32 else (512, 4)
+    fastest (benchmarks/selective_scan_gpu.py --triton-configs, --triton-config): one warp
+    over 256 states up to d_state 32 (on an H100), two warps over 512 above (d_state 64 on an
+    H200)."""
+    return (256, 1) if d_state <= 32 else (512, 2)
 
 
 LOG2_E = tl.constexpr(1.4426950408889634)
