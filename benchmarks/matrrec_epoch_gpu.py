@@ -11,9 +11,10 @@ in properties/dataset/ml-1m.yaml: histories up to MAX_ITEM_LIST_LENGTH 200, leav
 split. MaTrRec with its package defaults (hidden 64, d_state 32, d_conv 4, expand 2, batch
 2048, CE over all items). The dataset and its DataLoader are built once; for each
 `mamba_impl`, a model with the same initial weights and the same batch order trains `--epochs`
-epochs through RecBole's Trainer (data loading included, no evaluation); the table gives the seconds of each epoch (the first includes Triton's compilation) and the mean
-training loss of the first, which must agree across implementations to float rounding. An
-implementation that cannot run here (no mamba_ssm, no CUDA) gets a row saying why.
+epochs through RecBole's Trainer (data loading included, no evaluation); the table gives the
+seconds of each epoch (the first includes Triton's compilation) and the mean training loss of
+the first, which must agree across implementations to float rounding. An implementation that
+cannot run here (no mamba_ssm, no CUDA) gets a row saying why.
 """
 
 import argparse
