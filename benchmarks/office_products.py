@@ -4,7 +4,8 @@ Recall@5/10/20 and NDCG@10 next to the published values (MaTrRec paper, Table 2)
     python benchmarks/office_products.py [--models MaTrRec,Mamba4Rec,MLSA4Rec,SASRec]
         [--output runs/office] [--source Office_Products.txt] [--key=value ...]
 
-Protocol: ../shared/datasets/Office_Products.txt converted (position as timestamp), 5-core,
+Protocol: Office_Products.txt (5-core sequences, one user per line) converted (position as
+timestamp), 5-core,
 leave-one-out, full ranking over all items, with the settings of
 properties/grids/office-products.yaml (length 50, batch 2048, Adam 1e-3, early stopping on
 NDCG@10 after 10 epochs without gain, dropout 0.4; SASRec with 2 layers, 2 heads, hidden 64).
@@ -21,9 +22,9 @@ import tempfile
 
 from recbole_hybrid.cli import parse_overrides
 from recbole_hybrid.compare import load_grid
-from recbole_hybrid.convert import convert
-from recbole_hybrid.report import published
-from recbole_hybrid.runner import run
+from recbole_hybrid.data.convert import convert
+from recbole_hybrid.compare.published import published
+from recbole_hybrid.quick_start.runner import run
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SOURCE = os.path.join(REPOSITORY, "..", "shared", "datasets", "Office_Products.txt")

@@ -33,7 +33,7 @@ if os.environ.get("MALLOC_MMAP_THRESHOLD_") is None:
 import torch  # noqa: E402
 
 from recbole_hybrid.modules import Mamba  # noqa: E402
-from recbole_hybrid.ops import cpu_kernel, selective_scan  # noqa: E402
+from recbole_hybrid.ops import cpp_extension, selective_scan  # noqa: E402
 from scan_common import D_INNER, D_STATE, lean_loop, make_inputs, reference  # noqa: E402
 
 def ours(u, delta, A, B, C, D, z, delta_bias):
@@ -41,15 +41,15 @@ def ours(u, delta, A, B, C, D, z, delta_bias):
 
 
 def ours_fallback(*args):
-    previous = os.environ.get(cpu_kernel.ENV_VAR)
-    os.environ[cpu_kernel.ENV_VAR] = "0"
+    previous = os.environ.get(cpp_extension.ENV_VAR)
+    os.environ[cpp_extension.ENV_VAR] = "0"
     try:
         return ours(*args)
     finally:
         if previous is None:
-            del os.environ[cpu_kernel.ENV_VAR]
+            del os.environ[cpp_extension.ENV_VAR]
         else:
-            os.environ[cpu_kernel.ENV_VAR] = previous
+            os.environ[cpp_extension.ENV_VAR] = previous
 
 
 IMPLEMENTATIONS = {
@@ -171,7 +171,7 @@ def main():
     parser.add_argument("--shapes", default="2048x50,256x200", help="BATCHxL,...")
     args = parser.parse_args()
     start = time.perf_counter()
-    built = cpu_kernel.load() is not None
+    built = cpp_extension.load() is not None
     print(f"C++ CPU scan {'loaded' if built else 'NOT available'} in "
           f"{time.perf_counter() - start:.1f} s (a first build takes about a minute, then cached)")
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, MALLOC_MMAP_THRESHOLD_="

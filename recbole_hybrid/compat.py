@@ -1,6 +1,7 @@
-"""Every fix RecBole 1.2.1 needs on today's stack, in one place (SPEC section 2).
+"""Every fix RecBole 1.2.1 needs on today's stack (Python 3.10-3.13, numpy 2, pandas 2,
+current torch and Ray), in one place.
 
-`apply()` runs on `import recbole_hybrid` and is idempotent. Each fix replaces one or more
+`apply()` runs as RecBole is imported after `import recbole_hybrid`, and is idempotent. Each fix replaces one or more
 RecBole attributes through `_patch`, which remembers the original, so a test can `revert` a
 fix, watch the original breakage come back, and apply it again.
 
@@ -25,7 +26,7 @@ import torch
 
 from recbole_hybrid import registry
 from recbole_hybrid.errors import ConfigError, OutputError, UnknownModelError
-from recbole_hybrid.outputs import replaced_atomically
+from recbole_hybrid.utils.files import replaced_atomically
 
 # Known noise, silenced before RecBole imports ray: ray 2.6.3 warns about pkg_resources and
 # np.bool8 at import.

@@ -1,5 +1,6 @@
-"""Errors a user can fix, and interruptions: the command line prints their message (one
-paragraph: what was wrong, where, how to fix it), never a traceback."""
+"""Every error class of the package: errors a user can fix, and interruptions. The command
+line prints their message (one paragraph: what was wrong, where, how to fix it), never a
+traceback."""
 
 
 class UserError(Exception):
@@ -26,8 +27,20 @@ class InvalidDatasetError(DataError):
     """Atomic files that exist but cannot be used as asked (format, columns, values)."""
 
 
+class MalformedInputError(UserError, ValueError):
+    """Raw rows given to `convert` that do not fit the declared format."""
+
+
 class CheckpointError(UserError):
     """A checkpoint that cannot be read, resumed or loaded into the model."""
+
+
+class BundleError(CheckpointError):
+    """A bundle that cannot be read: corrupted, not a bundle, or of another format version."""
+
+
+class InvalidQueryError(UserError, ValueError):
+    """A recommendation request that cannot be answered: unknown user, no known item, bad k."""
 
 
 class OutputError(UserError):

@@ -15,18 +15,17 @@ import sys
 from dataclasses import dataclass
 from typing import Optional
 
-from recbole.utils import ModelType
+from recbole_hybrid.errors import UnknownModelError
+from recbole_hybrid.utils.paths import recbole_properties
 
+# recbole.model's subpackage of each ModelType (by name: nothing here imports RecBole)
 _SUBPACKAGE_OF_TYPE = {
-    ModelType.GENERAL: "general_recommender",
-    ModelType.SEQUENTIAL: "sequential_recommender",
-    ModelType.CONTEXT: "context_aware_recommender",
-    ModelType.KNOWLEDGE: "knowledge_aware_recommender",
+    "GENERAL": "general_recommender",
+    "SEQUENTIAL": "sequential_recommender",
+    "CONTEXT": "context_aware_recommender",
+    "KNOWLEDGE": "knowledge_aware_recommender",
 }
 _RECBOLE_SUBPACKAGES = list(_SUBPACKAGE_OF_TYPE.values()) + ["exlib_recommender"]
-_RECBOLE_PROPERTIES = os.path.join(
-    os.path.dirname(importlib.util.find_spec("recbole").origin), "properties"
-)
 
 
 @dataclass(frozen=True)
@@ -38,6 +37,14 @@ class PluginModel:
 _plugins: dict = {}
 
 
+def _registered():
+    """The registered plugins; importing RecBole registers this package's own models (see
+    `recbole_hybrid.__init__`)."""
+    import recbole  # noqa: F401
+
+    return _plugins
+
+
 def register_model(model_class, config_file=None):
     """Make `model_class` resolvable by its class name in every RecBole entry point.
 
@@ -45,7 +52,7 @@ def register_model(model_class, config_file=None):
     `properties/model/<Model>.yaml` for its own models. Registering twice is harmless.
     """
     name = model_class.__name__
-    subpackage = _SUBPACKAGE_OF_TYPE.get(getattr(model_class, "type", None))
+    subpackage = _SUBPACKAGE_OF_TYPE.get(getattr(getattr(model_class, "type", None), "name", None))
     if subpackage is None:
         raise TypeError(
             f"{name} has no RecBole model type: subclass a RecBole recommender such as "
@@ -68,20 +75,20 @@ def register_model(model_class, config_file=None):
 
 def plugin_models():
     """Names of the registered plugin models, sorted."""
-    return sorted(_plugins)
+    return sorted(_registered())
 
 
 def plugin_config_file(name):
     """The default yaml of a plugin model, or None (not a plugin model, or none given)."""
-    entry = _plugins.get(name)
+    entry = _registered().get(name)
     return entry.config_file if entry else None
 
 
 def model_config_file(name):
     """The default yaml `Config` reads for `name` (plugin or RecBole model), or None."""
-    if name in _plugins:
+    if name in _registered():
         return _plugins[name].config_file
-    path = os.path.join(_RECBOLE_PROPERTIES, "model", f"{name}.yaml")
+    path = recbole_properties("model", f"{name}.yaml")
     return path if os.path.isfile(path) else None
 
 
@@ -101,7 +108,13 @@ def recbole_models(subpackage="sequential_recommender"):
 
 def is_known(name):
     """Whether `get_model(name)` can find a module for `name` (plugin or RecBole)."""
-    return name in _plugins or _recbole_module_exists(name)
+    return name in _registered() or _recbole_module_exists(name)
+
+
+def check_known(name):
+    """UnknownModelError, naming the valid models, unless `is_known(name)`."""
+    if not is_known(name):
+        raise UnknownModelError(unknown_model_message(name))
 
 
 def _recbole_module_exists(name):

@@ -11,7 +11,9 @@ import pytest
 import yaml
 
 from conftest import TINY_SASREC, write_tiny_dataset
-from recbole_hybrid import jsonl, report
+from recbole_hybrid.compare import rows
+from recbole_hybrid.compare.writers import latex, markdown
+from recbole_hybrid.utils import jsonl
 from recbole_hybrid.cli import main
 from recbole_hybrid.compare import RESULTS_FILE, Grid, compare, load_grid, read_records
 from recbole_hybrid.errors import ConfigError, UnknownModelError, UserError
@@ -168,10 +170,10 @@ def test_markdown_marks_best_and_second_shows_published_and_improvement():
                 baselines=["SASRec", "Mamba4Rec"], metrics=["recall@10"])
     records = {(m, "amazon-office-products", None): {"status": "ok", "test_result": {"recall@10": v}}
                for m, v in [("SASRec", 0.09), ("Mamba4Rec", 0.08), ("MaTrRec", 0.10)]}
-    table = report.markdown(grid, records)
+    table = markdown.text(grid, records, list(rows.metric_rows(grid, records)))
     row = next(line for line in table.splitlines() if "| recall@10 |" in line)
     assert "<u>0.0900 (0.0977)</u>" in row and "| 0.0800 (0.0864) |" in row
     assert "**0.1000 (0.1019)**" in row
     assert "+11.1%" in row and "+25.0%" in row
-    tex = report.latex(grid, list(report.metric_rows(grid, records)))
+    tex = latex.text(grid, records, list(rows.metric_rows(grid, records)))
     assert "\\textbf{0.1000}" in tex and "\\underline{0.0900}" in tex

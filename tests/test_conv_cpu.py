@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from recbole_hybrid.ops import backend, causal_conv1d, cpu_kernel
+from recbole_hybrid.ops import backend, causal_conv1d, cpp_extension
 from recbole_hybrid.ops.causal_conv import CpuCausalConv
 from test_selective_scan import relative_error
 
@@ -35,8 +35,8 @@ def conv_inputs(batch, channels, length, width, dtype, with_bias, channels_last,
 
 
 @pytest.fixture(autouse=True)
-def the_cpu_kernel_builds():
-    assert cpu_kernel.load() is not None, "the C++ kernels did not build"
+def the_cpp_extension_builds():
+    assert cpp_extension.load() is not None, "the C++ kernels did not build"
 
 
 @pytest.mark.parametrize("silu", [True, False])
@@ -74,7 +74,7 @@ def test_float32_parity_and_the_layout_it_writes():
 def test_pytorch_fallback_gives_the_same(monkeypatch):
     (x, weight, bias), _ = conv_inputs(2, 4, 6, 4, torch.float64, True, True)
     fused = causal_conv1d(x, weight, bias, "silu")
-    monkeypatch.setenv(cpu_kernel.ENV_VAR, "0")
+    monkeypatch.setenv(cpp_extension.ENV_VAR, "0")
     assert relative_error(causal_conv1d(x, weight, bias, "silu"), fused) <= 1e-13
 
 

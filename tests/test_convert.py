@@ -9,16 +9,17 @@ import sys
 
 import pytest
 
-from recbole_hybrid.convert import MalformedInputError, convert
-from recbole_hybrid.datasets import create_dataset
+from recbole_hybrid.data.convert import convert
+from recbole_hybrid.errors import MalformedInputError
+from recbole_hybrid.data.atomic_files import create_dataset
 from recbole_hybrid.errors import UserError
-from recbole_hybrid.settings import build_config
+from recbole_hybrid.config.builder import build_config
 
 SHARED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "datasets")
 OFFICE = os.path.join(SHARED, "Office_Products.txt")
 
 
-@pytest.mark.skipif(not os.path.isfile(OFFICE), reason="../shared/datasets is not next to the repository")
+@pytest.mark.skipif(not os.path.isfile(OFFICE), reason=f"no Amazon Office Products file at {OFFICE}")
 def test_office_products_through_recbole_5_core(tmp_path):
     path, rows = convert(OFFICE, "amazon-office-products", "sequences", str(tmp_path))
     assert rows == 53258

@@ -96,7 +96,7 @@ def test_a_result_larger_than_the_pipe_does_not_block_the_join():
 
     import torch.multiprocessing as mp
 
-    from recbole_hybrid.distributed import join_reading
+    from recbole_hybrid.quick_start.distributed import join_reading
 
     queue = mp.get_context("spawn").SimpleQueue()
     workers = mp.start_processes(_put_a_large_result, args=(queue,), nprocs=2, join=False,

@@ -22,7 +22,7 @@ from conftest import (
     write_tiny_dataset,
 )
 
-from recbole_hybrid import outputs, runner
+from recbole_hybrid.quick_start import run_folder as outputs, runner
 from recbole_hybrid.errors import CheckpointError, OutputError
 
 # ---- outputs that cannot be written ---------------------------------------------------------
@@ -82,7 +82,7 @@ def test_runs_started_in_the_same_second_get_their_own_folder_and_log(tiny, work
     assert len(set(folders)) == 3 and all(os.path.isdir(f) for f in folders)
     from recbole.utils import init_logger
 
-    from recbole_hybrid.settings import build_config
+    from recbole_hybrid.config.builder import build_config
 
     config = build_config("SASRec", "tiny", overrides=tiny)
     names = set()
@@ -227,4 +227,4 @@ def test_two_resumes_of_one_run_do_not_race(trained, workdir):
 def test_a_file_that_is_no_checkpoint(capsys, workdir):
     (workdir / "notes.pth").write_text("not a checkpoint")
     code, err = cli_run(capsys, f"--resume={workdir / 'notes.pth'}")
-    assert_one_paragraph(code, err, "is not a RecBole checkpoint")
+    assert_one_paragraph(code, err, "is not a readable RecBole checkpoint")

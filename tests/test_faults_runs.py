@@ -11,11 +11,12 @@ import torch
 import yaml
 from conftest import assert_one_paragraph, cli_run, flags, read_only
 
-from recbole_hybrid import cli, runner
+from recbole_hybrid import cli
+from recbole_hybrid.quick_start import runner
 from recbole_hybrid.compare import Grid, check_grid
-from recbole_hybrid.distributed import check_port_free
+from recbole_hybrid.utils.ports import check_port
 from recbole_hybrid.errors import ConfigError, UserError
-from recbole_hybrid.report import ranks
+from recbole_hybrid.compare.rows import ranks
 from recbole_hybrid.tune import tune
 
 # ---- losses and devices -----------------------------------------------------------------------
@@ -212,9 +213,9 @@ def test_a_port_in_time_wait_is_free_for_the_next_run():
         accepted, _ = server.accept()
         accepted.close()  # the side that closes first keeps the port in TIME_WAIT
         client.close()
-    check_port_free("127.0.0.1", port)
+    check_port(port, "127.0.0.1")
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         with pytest.raises(UserError, match="not free"):
-            check_port_free("127.0.0.1", busy.getsockname()[1])
+            check_port(busy.getsockname()[1], "127.0.0.1")

@@ -56,7 +56,7 @@ def test_causal_conv1d_kernel_is_optional_as_in_mamba_ssm():
 
 
 def block_by_definition(block, x):
-    """The block's forward, written out from SPEC section 3 with the test's reference scan."""
+    """The block's forward, written out step by step from the Mamba block equations with the test's reference scan."""
     length = x.shape[1]
     xz = x @ block.in_proj.weight.T
     u, z = xz[..., : block.d_inner], xz[..., block.d_inner:]

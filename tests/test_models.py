@@ -12,11 +12,11 @@ from recbole.data import data_preparation
 from recbole.data.interaction import Interaction
 from recbole.utils import get_model, init_seed
 
-from recbole_hybrid.datasets import create_dataset
+from recbole_hybrid.data.atomic_files import create_dataset
 from recbole_hybrid.errors import ConfigError
 from recbole_hybrid.modules import Mamba
-from recbole_hybrid.runner import run
-from recbole_hybrid.settings import build_config
+from recbole_hybrid.quick_start.runner import run
+from recbole_hybrid.config.builder import build_config
 
 MODELS = ["Mamba4Rec", "MaTrRec", "MLSA4Rec"]
 CAUSAL = ["Mamba4Rec", "MaTrRec"]
@@ -26,9 +26,9 @@ SMALL = {"hidden_size": 16, "d_state": 8, "n_heads": 2, "k_interests": 4, "inner
 
 
 def build(model, data_path, **overrides):
-    # SMALL holds settings of all three models: keys="any" accepts another model's key
+    # SMALL holds settings of all three models: scope="any" accepts another model's key
     config = build_config(model, "tiny", overrides=dict(SMALL, data_path=data_path, **overrides),
-                          keys="any")
+                          scope="any")
     init_seed(config["seed"], config["reproducibility"])
     train, valid, test = data_preparation(config, create_dataset(config))
     net = get_model(model)(config, train._dataset)
@@ -112,14 +112,14 @@ def test_learns_a_deterministic_next_item_rule(model, data_path, workdir):
         SMALL, data_path=data_path, hidden_size=32, epochs=15, learning_rate=0.01,
         dropout_prob=0.1, hidden_dropout_prob=0.1, attn_dropout_prob=0.1, stopping_step=15,
         metrics="['Hit', 'NDCG']", topk="[10]", valid_metric="Hit@10",
-    ), output_dir=str(workdir / "runs"), keys="any")
+    ), output_dir=str(workdir / "runs"), scope="any")
     assert result["test_result"]["hit@10"] > 0.9, result["test_result"]
 
 
 @pytest.mark.parametrize("model", MODELS)
 def test_checkpoint_reloads_in_a_fresh_process(model, data_path, workdir):
     result = run(model, "tiny", overrides=dict(SMALL, data_path=data_path),
-                 output_dir=str(workdir / "runs"), keys="any")
+                 output_dir=str(workdir / "runs"), scope="any")
     script = (
         "import json, sys, torch, recbole_hybrid\n"
         "from recbole.quick_start import load_data_and_model\n"

@@ -24,12 +24,13 @@ from recbole.utils import get_model, init_seed
 
 import recbole_hybrid
 from recbole_hybrid import cli
-from recbole_hybrid.bundle import BundleError
-from recbole_hybrid.datasets import create_dataset
+from recbole_hybrid.errors import BundleError
+from recbole_hybrid.data.atomic_files import create_dataset
 from recbole_hybrid.errors import CheckpointError, UserError
-from recbole_hybrid.recommend import InvalidQueryError, Query, Recommender
-from recbole_hybrid.runner import run
-from recbole_hybrid.settings import build_config
+from recbole_hybrid.errors import InvalidQueryError
+from recbole_hybrid.serving.recommender import Query, Recommender
+from recbole_hybrid.quick_start.runner import run
+from recbole_hybrid.config.builder import build_config
 
 # Tiny models that learn the rule in a few epochs (no dropout, lr 0.01, no validation).
 LEARN = {"MAX_ITEM_LIST_LENGTH": 10, "hidden_size": 16, "inner_size": 32, "n_layers": 1,
@@ -364,6 +365,8 @@ def test_cli_bad_input_is_exit_2_and_one_paragraph(bundle_file, tmp_path):
          "exists: pass --force"),
         (["serve", f"--model_file={damaged}", "--port=0"], unreadable),
         (["serve", model, "--max_batch=0"], "--max_batch and --threads must be at least 1"),
+        (["serve", model, "--port=70000"], "--port=70000 must be a port number from 0 to 65535"),
+        (["serve", model, "--port=-1"], "--port=-1 must be a port number from 0 to 65535"),
     ]
     for argv, message in cases:
         code, out, err = call_main(argv)

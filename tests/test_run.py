@@ -16,7 +16,7 @@ from recbole.quick_start import load_data_and_model
 
 from conftest import SCRIPT, flags
 from recbole_hybrid.errors import InvalidDatasetError, UserError
-from recbole_hybrid.settings import build_config
+from recbole_hybrid.config.builder import build_config
 
 
 
@@ -68,7 +68,7 @@ def test_missing_timestamp_column_is_a_clear_error(tmp_path):
 
     write_tiny_dataset(str(tmp_path), name="untimed", with_timestamp=False)
     config = build_config("SASRec", "untimed", overrides={"data_path": str(tmp_path)})
-    from recbole_hybrid.datasets import check_dataset
+    from recbole_hybrid.data.atomic_files import check_dataset
 
     with pytest.raises(InvalidDatasetError, match="no column 'timestamp'"):
         check_dataset(config)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from recbole_hybrid.errors import ConfigError
-from recbole_hybrid.ops import backend, causal_conv1d, cpu_kernel, selective_scan
+from recbole_hybrid.ops import backend, causal_conv1d, cpp_extension, selective_scan
 from recbole_hybrid.ops.selective_scan import CHUNK_LEN, KernelCore
 
 
@@ -81,7 +81,7 @@ VARIANTS = list(itertools.product([False, True], repeat=4))  # softplus, D, z, b
 def core(request, monkeypatch):
     """Run a test once with the C++ CPU kernel and once with the PyTorch chunked scan."""
     if request.param == "chunked":
-        monkeypatch.setenv(cpu_kernel.ENV_VAR, "0")
+        monkeypatch.setenv(cpp_extension.ENV_VAR, "0")
     probe = torch.zeros(1)
     assert KernelCore.serves(probe) == (request.param == "cpu kernel"), "the C++ scan did not build"
     return request.param

@@ -15,9 +15,9 @@ from recbole.data import data_preparation
 from recbole.utils import get_model, init_seed
 
 from recbole_hybrid import cli
-from recbole_hybrid.datasets import create_dataset
-from recbole_hybrid.recommend import Recommender
-from recbole_hybrid.settings import build_config
+from recbole_hybrid.data.atomic_files import create_dataset
+from recbole_hybrid.serving.recommender import Recommender
+from recbole_hybrid.config.builder import build_config
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -171,7 +171,7 @@ class _CountingRecommender:
 
 def test_a_lone_request_does_not_wait_but_concurrent_ones_do():
     """max_wait (here 0.5 s) applies only after a batch of several requests."""
-    from recbole_hybrid.serve import MicroBatcher
+    from recbole_hybrid.serving.http import MicroBatcher
 
     async def scenario():
         recommender = _CountingRecommender()
@@ -205,7 +205,7 @@ def test_serve_keeps_what_it_loaded_out_of_the_garbage_collector(bundle, monkeyp
 
     import uvicorn
 
-    from recbole_hybrid import serve as serve_module
+    from recbole_hybrid.serving import http as serve_module
 
     frozen = []
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: frozen.append(gc.get_freeze_count()))

@@ -9,7 +9,9 @@ import pytest
 from scipy import stats as scipy_stats
 
 from conftest import TINY_SASREC
-from recbole_hybrid import per_user, report, stats
+from recbole_hybrid.compare import rows, stats
+from recbole_hybrid.compare.writers import latex, markdown
+from recbole_hybrid.quick_start import per_user
 from recbole_hybrid.cli import main
 from recbole_hybrid.compare import RESULTS_FILE, Grid, compare, read_records
 
@@ -74,7 +76,7 @@ def test_tables_mark_what_the_holm_adjusted_tests_support(tmp_path):
     better = np.maximum(base, rng.binomial(1, 0.05, size=(3000, 3)))
     grid, records = fake_runs(tmp_path, {"GRU4Rec": base.copy(), "SASRec": base,
                                          "MaTrRec": better})
-    (row,) = report.metric_rows(grid, records)
+    (row,) = rows.metric_rows(grid, records)
     assert row.summaries["MaTrRec"].n == 3
     assert row.summaries["MaTrRec"].mean == pytest.approx(better.mean(axis=0).mean())
     assert row.summaries["MaTrRec"].std == pytest.approx(better.mean(axis=0).std(ddof=1))
@@ -83,17 +85,17 @@ def test_tables_mark_what_the_holm_adjusted_tests_support(tmp_path):
     assert vs_sasrec.t_p == pytest.approx(expected)
     raw = [max(vs_sasrec.t_p, vs_sasrec.wilcoxon_p), max(vs_gru.t_p, vs_gru.wilcoxon_p)]
     assert [holm_sasrec, holm_gru] == pytest.approx(stats.holm(raw))
-    table = report.markdown(grid, records)
+    table = markdown.text(grid, records, list(rows.metric_rows(grid, records)))
     assert "MaTrRec vs SASRec" in table and "%**" in table and " ± " in table
     assert "95% CI" in table and "Holm-adjusted p" in table
-    tex = report.latex(grid, [row])
+    tex = latex.text(grid, records, [row])
     assert "$\\pm$" in tex and "$^{**}$" in tex
 
     same, same_records = fake_runs(tmp_path / "same", {"SASRec": base, "MaTrRec": base.copy(),
                                                        "GRU4Rec": base.copy()})
-    (row,) = report.metric_rows(same, same_records)
+    (row,) = rows.metric_rows(same, same_records)
     assert all(holm_p == 1.0 for *_, holm_p in row.improvements)
-    improvement_cells = report.markdown(same, same_records).split("\n")[2].split("|")[-3:-1]
+    improvement_cells = markdown.text(same, same_records, list(rows.metric_rows(same, same_records))).split("\n")[2].split("|")[-3:-1]
     assert [c.strip() for c in improvement_cells] == ["+0.0%", "+0.0%"]  # no mark
 
 
@@ -118,7 +120,7 @@ def test_a_seeded_grid_resumes_missing_seeds_and_its_report_is_redrawn_byte_for_
         users, values = per_user.load(record["per_user_file"])
         assert len(users) == 60  # every test user of the tiny dataset
         assert values["ndcg@10"].mean() == pytest.approx(record["test_result"]["ndcg@10"], abs=1e-4)
-    (recall_row, _) = report.metric_rows(grid([7, 8, 9]), records)
+    (recall_row, _) = rows.metric_rows(grid([7, 8, 9]), records)
     for model in ("SASRec", "MaTrRec"):
         values = [records[(model, "tiny", s)]["test_result"]["recall@10"] for s in (7, 8, 9)]
         assert recall_row.summaries[model].mean == pytest.approx(np.mean(values))

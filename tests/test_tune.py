@@ -14,7 +14,7 @@ import yaml
 
 from conftest import TINY_SASREC, free_port
 from recbole_hybrid.errors import ConfigError, UserError
-from recbole_hybrid.runner import run
+from recbole_hybrid.quick_start.runner import run
 from recbole_hybrid.tune import as_config_values, read_params_file, tune
 
 SETTINGS = {**TINY_SASREC, "epochs": 3, "seed": 7}

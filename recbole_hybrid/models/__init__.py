@@ -2,12 +2,13 @@
 
 import os
 
+from recbole_hybrid.config.files import PACKAGE_PROPERTIES
 from recbole_hybrid.models.mamba4rec import Mamba4Rec
 from recbole_hybrid.models.matrrec import MaTrRec
 from recbole_hybrid.models.mlsa4rec import MLSA4Rec
 from recbole_hybrid.registry import register_model
 
-DEFAULTS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "properties", "model")
+DEFAULTS = os.path.join(PACKAGE_PROPERTIES, "model")
 
 for _model in (Mamba4Rec, MaTrRec, MLSA4Rec):
     register_model(_model, os.path.join(DEFAULTS, f"{_model.__name__}.yaml"))

@@ -7,6 +7,7 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.model.loss import BPRLoss
 from torch import nn
 
+from recbole_hybrid.config.values import BOOLEAN, POSITIVE_INT, PROBABILITY, require
 from recbole_hybrid.errors import ConfigError
 from recbole_hybrid.modules import Mamba
 from recbole_hybrid.ops.backend import check, requested_impl
@@ -103,26 +104,15 @@ def mamba_impl(config):
 
 
 def positive_int(config, key):
-    value = config[key]
-    if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
-        raise ConfigError(f"{key} must be a positive integer, got {value!r}")
-    return value
+    return require(key, config[key], POSITIVE_INT)
 
 
 def probability(config, key):
-    value = config[key]
-    if not (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1):
-        raise ConfigError(f"{key} must be a probability in [0, 1), got {value!r}")
-    return float(value)
+    return float(require(key, config[key], PROBABILITY))
 
 
 def flag(config, key, default):
-    value = config[key]
-    if value is None:
-        return default
-    if not isinstance(value, bool):
-        raise ConfigError(f"{key} must be True or False, got {value!r}")
-    return value
+    return default if config[key] is None else require(key, config[key], BOOLEAN)
 
 
 def heads_divide(config, hidden_size):

@@ -11,7 +11,7 @@ neither applies. The Triton and C++ outputs have that layout too.
 import torch
 import torch.nn.functional as F
 
-from recbole_hybrid.ops import backend, cpu_kernel
+from recbole_hybrid.ops import backend, cpp_extension
 
 
 def causal_conv1d(x, weight, bias=None, activation=None, *, impl=None):
@@ -29,7 +29,7 @@ def causal_conv1d(x, weight, bias=None, activation=None, *, impl=None):
 
         return triton_conv.causal_conv1d(x, weight, bias, activation is not None)
     if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) \
-            and cpu_kernel.load() is not None:
+            and cpp_extension.load() is not None:
         return CpuCausalConv.apply(x, weight, bias, activation is not None)
     channels, width = weight.shape
     out = F.conv1d(F.pad(x, (width - 1, 0)), weight[:, None, :], bias, groups=channels)
@@ -43,12 +43,12 @@ class CpuCausalConv(torch.autograd.Function):
     def forward(ctx, x, weight, bias, silu):
         ctx.silu = silu
         ctx.save_for_backward(x, weight, bias)
-        return cpu_kernel.load().conv_forward(x, weight.to(x.dtype), _cast(bias, x.dtype), silu)
+        return cpp_extension.load().conv_forward(x, weight.to(x.dtype), _cast(bias, x.dtype), silu)
 
     @staticmethod
     def backward(ctx, grad_out):
         x, weight, bias = ctx.saved_tensors
-        grad_x, grad_weight, grad_bias = cpu_kernel.load().conv_backward(
+        grad_x, grad_weight, grad_bias = cpp_extension.load().conv_backward(
             x, weight.to(x.dtype), _cast(bias, x.dtype), ctx.silu, grad_out.to(x.dtype))
         return (grad_x, grad_weight.to(weight.dtype),
                 grad_bias.to(bias.dtype) if bias is not None else None, None)

@@ -13,7 +13,7 @@ outputs, which the C++ and Triton scans read in place).
 Which implementation runs (backend.scan_path): mamba_ssm's CUDA kernel, the Triton scan
 (triton_scan.py), or `SelectiveScan`, which computes the same function exactly, with the
 gradients of every input from the adjoint recurrence run in reverse, by one of two cores:
-- `KernelCore`, CPU tensors: the C++ scan (ops/cpu_kernel.py), one (batch row, channel)
+- `KernelCore`, CPU tensors: the C++ scan (ops/cpp_extension.py), one (batch row, channel)
   at a time with its state in a small buffer; backward recomputes the states.
 - `ChunkedCore`, any device, and the fallback: PyTorch over chunks of CHUNK_LEN steps,
   keeping only the state at each chunk start and recomputing a chunk's states in backward.
@@ -27,7 +27,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from recbole_hybrid.ops import backend, cpu_kernel
+from recbole_hybrid.ops import backend, cpp_extension
 
 CHUNK_LEN = 10
 LOG2_E = math.log2(math.e)
@@ -99,7 +99,7 @@ class KernelCore:
 
     @staticmethod
     def serves(tensor):
-        return tensor.device.type == "cpu" and cpu_kernel.load() is not None
+        return tensor.device.type == "cpu" and cpp_extension.load() is not None
 
     @staticmethod
     def _arguments(x, delta_softplus):
@@ -108,12 +108,12 @@ class KernelCore:
 
     @staticmethod
     def forward(x, delta_softplus):
-        out, last_state = cpu_kernel.load().scan_forward(*KernelCore._arguments(x, delta_softplus))
+        out, last_state = cpp_extension.load().scan_forward(*KernelCore._arguments(x, delta_softplus))
         return out, last_state, ()
 
     @staticmethod
     def backward(x, delta_softplus, saved, grad_out, grad_last_state):
-        return cpu_kernel.load().scan_backward(
+        return cpp_extension.load().scan_backward(
             *KernelCore._arguments(x, delta_softplus), grad_out, grad_last_state
         )
 

@@ -1,4 +1,4 @@
-// The Mamba block's CPU kernels, built as one extension by recbole_hybrid/ops/cpu_kernel.py:
+// The Mamba block's CPU kernels, built as one extension by recbole_hybrid/ops/cpp_extension.py:
 // the selective scan (softplus, D skip and silu gate fused) and the causal depthwise
 // convolution (with silu), forward and backward. Both read their inputs in any layout and
 // write theirs as (batch, channels, L) views of (batch, L, channels) tensors, the layout the

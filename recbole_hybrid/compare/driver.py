@@ -1,0 +1,128 @@
+"""Running a grid: its missing cells, each in a fresh process, then its tables and figures.
+
+Every finished cell is appended at once to `<output>/results.jsonl` (`results`), so an
+interrupted grid resumes where it stopped: a cell whose latest record for the same settings
+is "ok" is skipped unless `rerun`. A failing cell is recorded with its error and the grid
+goes on. After each cell the tables and figures (`writers`) are written again from the file;
+`report_only` writes them from the file alone, without training. One `compare` at a time may
+work on an output folder.
+"""
+
+import dataclasses
+import json
+import os
+import time
+
+from recbole_hybrid.compare import results, writers
+from recbole_hybrid.compare.cell_processes import run_cells
+from recbole_hybrid.compare.grid import Grid, check_grid, check_names
+from recbole_hybrid.config.values import at_least
+from recbole_hybrid.errors import Interrupted, UserError, last_line
+from recbole_hybrid.utils.files import writable_folder, write_text_atomically
+from recbole_hybrid.utils.locks import exclusive
+from recbole_hybrid.utils.processes import sigterm_as_interrupt
+
+GRID_FILE = "grid.json"  # the grid of the last run in an output folder, for --report
+
+
+def compare(grid, output="comparison", rerun=False, jobs=1, log=print):
+    """Runs the grid's missing cells, `jobs` at a time, each in a fresh process; returns the
+    latest records. Ctrl-C or SIGTERM stops the running cells and raises Interrupted;
+    finished cells stay."""
+    at_least("--jobs", jobs)
+    check_grid(grid)
+    os.makedirs(writable_folder(output), exist_ok=True)
+    results.note_skipped(output, log)
+    with _exclusive(output), sigterm_as_interrupt():
+        _write_grid(grid, output)
+        try:
+            return _compare(grid, output, rerun, jobs, log)
+        except KeyboardInterrupt:
+            kept = (f"finished cells are in {output}/{results.RESULTS_FILE}"
+                    if results.read_records(output) else "no cell had finished")
+            raise Interrupted(f"interrupted: {kept}; run the same command again to resume") from None
+
+
+def _compare(grid, output, rerun, jobs, log):
+    cells = list(grid.cells())
+    done = results.latest_of(output, grid)
+    todo = [c for c in cells
+            if rerun or done.get((c.model, c.dataset, c.seed), {}).get("status") != "ok"]
+    log(f"{len(cells)} cells, {len(cells) - len(todo)} already done in "
+        f"{os.path.join(output, results.RESULTS_FILE)}, {len(todo)} to run"
+        + (f", {jobs} at a time" if jobs > 1 and len(todo) > 1 else ""))
+    started, finished = time.time(), []
+
+    def on_done(cell, outcome, log_file):
+        record = {"model": cell.model, "dataset": cell.dataset, "seed": cell.seed,
+                  "settings_key": grid.settings_key(cell),
+                  "overrides": {k: str(v) for k, v in cell.overrides.items()},
+                  "log_file": log_file, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), **outcome}
+        results.append(output, record)
+        finished.append(cell)
+        elapsed = time.time() - started
+        remaining = (len(todo) - len(finished)) * elapsed / len(finished)  # cells are alike
+        result = (f"test {_short(record['test_result'], grid.metrics)}"
+                  if record["status"] == "ok" else f"FAILED: {last_line(record['error'])}")
+        log(f"[{len(finished)}/{len(todo)}] {cell.describe()}: {result} (elapsed "
+            f"{_clock(elapsed)}, about {_clock(remaining)} remaining)")
+        write_reports(grid, output)
+
+    run_cells(todo, grid.config_files, output, jobs, on_done)
+    if not todo:
+        write_reports(grid, output)
+    return results.latest_of(output, grid)
+
+
+def write_reports(grid, output):
+    """Every table and figure of `output`, from its results file; returns their paths."""
+    return writers.write_all(grid, results.latest_of(output, grid), output)
+
+
+def report_only(output, log=print, **choices):
+    """Write the tables and figures of `output` again from its results.jsonl alone (no
+    training); `choices` (metrics, ours, baselines) replace the grid's."""
+    path = os.path.join(output, GRID_FILE)
+    if not os.path.isdir(output):
+        raise UserError(f"--report {output}: no such folder; pass the --output folder of an "
+                        "earlier `recbole-hybrid compare`")
+    if not os.path.isfile(path):
+        raise UserError(f"{output} holds no comparison ({GRID_FILE} is missing): pass the "
+                        "--output folder of an earlier `recbole-hybrid compare`")
+    try:
+        with open(path, encoding="utf-8") as f:
+            grid = Grid(**{**json.load(f), **{k: v for k, v in choices.items() if v}})
+    except (ValueError, TypeError) as error:
+        raise UserError(f"{path} is damaged or from another version ({error}); run the same "
+                        "`recbole-hybrid compare` again (finished cells are kept), which "
+                        "writes it anew") from None
+    check_names(grid)
+    with _exclusive(output):
+        results.note_skipped(output, log)
+        measured = {m for r in results.read_records(output) for m in r.get("test_result") or {}}
+        unknown = [m for m in grid.metrics if measured and m not in measured]
+        if unknown:
+            raise UserError(f"--metrics: {', '.join(unknown)} not measured in {output}; its "
+                            f"results have {', '.join(sorted(measured))}")
+        return write_reports(grid, output)
+
+
+def _write_grid(grid, output):
+    write_text_atomically(os.path.join(output, GRID_FILE),
+                          json.dumps(dataclasses.asdict(grid), indent=2, default=str))
+
+
+def _exclusive(output):
+    """One grid process per output folder: two would run the same cells twice."""
+    return exclusive(os.path.join(output, ".lock"), f"another `compare` is running on {output}; "
+                     "wait for it, or pass another --output")
+
+
+def _short(result, metrics):
+    return ", ".join(f"{m} {result[m]:.4f}" for m in metrics if m in result) or "(no metrics)"
+
+
+def _clock(seconds):
+    minutes, seconds = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes}:{seconds:02d}"

@@ -1,0 +1,142 @@
+"""The bundle: a trained sequential model in one file that loads without its dataset.
+
+A bundle is a zip archive of three members:
+
+- `manifest.json`: format name and version, model and dataset names, versions that wrote it,
+  and the model's RecBole configuration (its JSON-representable settings);
+- `vocabulary.json`: the user and item tokens in RecBole's internal id order (id 0 is
+  `[PAD]`) and every user's full history as internal item ids, in time order;
+- `weights.pt`: the model's state dict, read with `torch.load(weights_only=True)`.
+
+Nothing in it is unpickled, so a bundle from elsewhere is as safe to open as a JSON file.
+"""
+
+import io
+import json
+import os
+import zipfile
+
+import torch
+from recbole.utils import get_model
+
+from recbole_hybrid.data.stand_in import StandInDataset
+from recbole_hybrid.errors import BundleError, CheckpointError, OutputError, UserError
+from recbole_hybrid.utils.files import replaced_atomically
+
+FORMAT = "recbole-hybrid bundle"
+FORMAT_VERSION = 1
+MANIFEST, VOCABULARY, WEIGHTS = "manifest.json", "vocabulary.json", "weights.pt"
+
+
+class BundleConfig(dict):
+    """RecBole's `Config` as a model constructor reads it: `config[key]`, None when unset."""
+
+    def __getitem__(self, key):
+        return self.get(key)
+
+
+def is_bundle(path):
+    """Whether `path` is a bundle (a zip with a manifest) rather than a RecBole checkpoint."""
+    if os.path.isdir(path) or not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return MANIFEST in archive.namelist()
+
+
+def json_settings(config):
+    """The settings of a RecBole config that JSON represents. Dropped: the device (a bundle
+    is loaded on a device of its own) and the enums RecBole derives (MODEL_TYPE comes back
+    from the model class; the input and evaluator types matter to training only)."""
+    settings = {}
+    for key, value in config.final_config_dict.items():
+        try:
+            settings[key] = json.loads(json.dumps(value))
+        except (TypeError, ValueError):
+            continue
+    return settings
+
+
+def write_bundle(path, config, state_dict, users, items, histories, versions):
+    """Write a bundle atomically. `users`, `items`: tokens by internal id; `histories`: one
+    list of internal item ids per user id."""
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "model": config["model"],
+        "dataset": config["dataset"],
+        "versions": versions,
+        "config": json_settings(config),
+    }
+    vocabulary = {"users": list(users), "items": list(items), "histories": histories}
+    weights = io.BytesIO()
+    torch.save({key: tensor.cpu() for key, tensor in state_dict.items()}, weights)
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with replaced_atomically(path) as partial, \
+                zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as archive:
+            archive.writestr(MANIFEST, json.dumps(manifest, indent=1))
+            archive.writestr(VOCABULARY, json.dumps(vocabulary))
+            archive.writestr(WEIGHTS, weights.getvalue())
+    except OSError as error:
+        raise OutputError(f"cannot write the bundle {path}: {error.strerror or error}") from None
+
+
+def read_bundle(path, device):
+    """(model in eval mode on `device`, its config, users, items, histories) from a bundle."""
+    if not os.path.isfile(path):
+        raise BundleError(f"bundle not found: {path}")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            manifest = json.loads(archive.read(MANIFEST))
+            _check_version(path, manifest)
+            vocabulary = json.loads(archive.read(VOCABULARY))
+            state_dict = torch.load(
+                io.BytesIO(archive.read(WEIGHTS)), map_location="cpu", weights_only=True
+            )
+    except BundleError:
+        raise
+    except Exception as error:  # a damaged file fails in zipfile, json or torch: one message
+        raise BundleError(
+            f"{path} is not a readable bundle ({type(error).__name__}: {error}); it may be "
+            "truncated or corrupted: export it again with `recbole-hybrid export`"
+        ) from None
+    model_class = get_model(manifest["model"])
+    config = BundleConfig(manifest["config"])
+    config.update(device=torch.device(device), MODEL_TYPE=model_class.type)
+    model = build_model(model_class, config, len(vocabulary["users"]), len(vocabulary["items"]),
+                        state_dict, device)
+    return model, config, vocabulary["users"], vocabulary["items"], vocabulary["histories"]
+
+
+def _check_version(path, manifest):
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise BundleError(f"{path} is a zip file but not a recbole-hybrid bundle (no manifest)")
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise BundleError(
+            f"{path} is a bundle of format version {version}, but this recbole-hybrid reads "
+            f"version {FORMAT_VERSION} only: export the checkpoint again with this version's "
+            "`recbole-hybrid export`, or load the bundle with the version that wrote it "
+            f"({manifest.get('versions', {}).get('recbole_hybrid', 'unknown')})"
+        )
+
+
+def build_model(model_class, config, n_users, n_items, state_dict, device):
+    """`model_class(config, StandInDataset)` with `state_dict` loaded, in eval mode on `device`.
+    `n_users`, `n_items`: the sizes of the id fields, padding included."""
+    name = model_class.__name__
+    try:
+        model = model_class(config, StandInDataset(config, n_users, n_items))
+    except (AttributeError, KeyError) as error:
+        raise UserError(
+            f"{name} cannot be rebuilt for recommending: its constructor reads more of the "
+            f"dataset than the sizes of the user and item ids ({type(error).__name__}: "
+            f"{error}); models that read item features or the training interactions are not "
+            "supported"
+        ) from None
+    try:
+        model.load_state_dict(state_dict)
+    except RuntimeError as error:
+        raise CheckpointError(
+            f"the saved weights do not fit {name} as configured: {error}") from None
+    return model.to(device).eval()
