@@ -41,6 +41,7 @@ def lines(output):
         return f.read().splitlines()
 
 
+@pytest.mark.slow
 def test_grid_records_every_cell_and_a_second_run_skips_them(two_datasets, workdir):
     grid, output = tiny_grid(two_datasets), str(workdir / "cmp")
     log = []
@@ -68,6 +69,7 @@ def test_grid_records_every_cell_and_a_second_run_skips_them(two_datasets, workd
     assert len(lines(output)) == len(before) + 1
 
 
+@pytest.mark.slow
 def test_a_failing_cell_is_recorded_and_the_grid_goes_on(two_datasets, workdir):
     # every setting passes the checks, but training diverges on tiny_a (loss NaN)
     grid = tiny_grid(two_datasets, models=["Mamba4Rec"])
@@ -94,6 +96,7 @@ def test_a_missing_dataset_stops_the_grid_before_any_cell(two_datasets, workdir)
     assert not os.path.exists(workdir / "cmp")
 
 
+@pytest.mark.slow
 def test_a_killed_grid_resumes_without_redoing_finished_cells(two_datasets, workdir):
     grid_file = workdir / "grid.yaml"
     grid_file.write_text(yaml.safe_dump({

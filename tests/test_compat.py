@@ -296,6 +296,7 @@ def recbole_objective_in_ray_trials(data_path, tmp_path_factory):
     return {result.config["fixed"]: result for result in results}
 
 
+@pytest.mark.slow
 def test_recbole_objective_function_reports_its_test_result_from_a_ray_trial(
         recbole_objective_in_ray_trials):
     result = recbole_objective_in_ray_trials[True]
@@ -303,6 +304,7 @@ def test_recbole_objective_function_reports_its_test_result_from_a_ray_trial(
     assert 0 < result.metrics["ndcg@10"] <= 1
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(RAY_2_6, reason="Ray 2.6's tune.report takes keywords: nothing to repair")
 def test_without_the_fix_recbole_objective_function_fails_in_a_ray_trial(
         recbole_objective_in_ray_trials):

@@ -44,6 +44,7 @@ def test_without_the_fix_a_worker_needs_nccl_and_cuda(one_process_group):
             Config("SASRec", "tiny", config_dict=one_process_group)
 
 
+@pytest.mark.slow
 def test_two_cpu_processes_train_and_rank_0_reports(tiny, workdir):
     settings = dict(tiny, epochs=2)
     results = {}
@@ -61,11 +62,13 @@ def test_two_cpu_processes_train_and_rank_0_reports(tiny, workdir):
     assert results[2]["checkpoint"] and results[2]["checkpoint"].endswith(".pth")
 
 
+@pytest.mark.slow
 def test_world_size_smaller_than_nproc_is_explained(workdir):
     done = run_script("--model=SASRec", "--nproc=2", "--world_size=1", cwd=workdir)
     assert done.returncode == 2 and "cannot be smaller than --nproc (2)" in done.stderr
 
 
+@pytest.mark.slow
 def test_port_in_use_is_explained(tiny, workdir):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -76,6 +79,7 @@ def test_port_in_use_is_explained(tiny, workdir):
     assert done.returncode == 2 and f"--port={port}" in done.stderr and "not free" in done.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without GPUs")
 def test_nccl_without_gpus_is_explained(tiny, workdir):
     done = run_script("--model=SASRec", "--dataset=tiny", "--nproc=2", "--ddp_backend=nccl",
@@ -89,6 +93,7 @@ def _put_a_large_result(rank, queue):
         queue.put({"test_result": {f"metric@{k}": float(k) for k in range(40000)}})
 
 
+@pytest.mark.slow
 def test_a_result_larger_than_the_pipe_does_not_block_the_join():
     """A result over the pipe's 64 KiB blocked rank 0's put until someone read it, and the
     parent read only after the join: neither ever ended."""

@@ -119,6 +119,7 @@ def copy_checkpoint(result, folder, **changes):
     return path
 
 
+@pytest.mark.slow
 def test_a_resume_in_which_no_epoch_beats_the_checkpoint_keeps_its_results(trained, workdir):
     result, _ = trained
     # a converged run: its best valid score cannot be beaten in the epochs left
@@ -171,6 +172,7 @@ def test_resume_follows_a_moved_dataset_and_refuses_weights_that_do_not_fit(trai
         runner.run(resume=checkpoint, overrides={"epochs": 6, "data_path": str(bigger)})
 
 
+@pytest.mark.slow
 def test_a_resume_keeps_the_first_runs_results_and_per_user_values(trained, workdir):
     result, _ = trained
     checkpoint = copy_checkpoint(result, workdir / "run")
@@ -194,6 +196,7 @@ def test_a_resume_refuses_model_keys_from_config_files_and_finished_runs(trained
         runner.run(resume=checkpoint, overrides={"epochs": 3})
 
 
+@pytest.mark.slow
 def test_a_multi_process_runs_checkpoint_resumes_in_one_process(trained, workdir):
     """Its config holds the workers' process-group settings: used as they are, the resume
     waited forever for a second process."""

@@ -129,6 +129,7 @@ def test_grid_files_with_wrong_shapes_or_names(capsys, tiny, workdir):
     assert "no such folder" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_grid_with_a_failed_cell_ends_with_exit_code_2(capsys, tiny, workdir):
     settings = {k: v for k, v in tiny.items() if k not in ("n_layers", "n_heads", "inner_size")}
     grid = workdir / "grid.yaml"

@@ -10,8 +10,11 @@ import subprocess
 import sys
 import time
 
+import pytest
 import yaml
 from conftest import SCRIPT, flags
+
+pytestmark = pytest.mark.slow  # every test here trains in a real subprocess and signals it
 
 # ---- signals on real processes ----------------------------------------------------------------
 

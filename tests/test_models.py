@@ -105,6 +105,7 @@ def test_right_padding_does_not_change_the_representation(model, data_path):
         assert torch.allclose(net(items, lengths), net(padded, lengths), atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", MODELS)
 def test_learns_a_deterministic_next_item_rule(model, data_path, workdir):
     """Each user walks items in order (next = current % 30 + 1): Hit@10 must exceed 0.9."""
@@ -116,6 +117,7 @@ def test_learns_a_deterministic_next_item_rule(model, data_path, workdir):
     assert result["test_result"]["hit@10"] > 0.9, result["test_result"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", MODELS)
 def test_checkpoint_reloads_in_a_fresh_process(model, data_path, workdir):
     result = run(model, "tiny", overrides=dict(SMALL, data_path=data_path),
@@ -234,6 +236,7 @@ def test_impossible_hyperparameters_are_explained(model, overrides, message, dat
         build(model, data_path, **overrides)
 
 
+@pytest.mark.slow
 def test_the_run_script_reports_impossible_hyperparameters(data_path, workdir):
     done = subprocess.run(
         [sys.executable, SCRIPT, "--model=MaTrRec", "--dataset=tiny", f"--data_path={data_path}", "--n_heads=3"],

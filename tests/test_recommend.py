@@ -194,6 +194,7 @@ def test_bad_queries_are_clear_errors(trained):
     assert partly["ignored"] == ["x", "[PAD]"] and partly["items"] == ["6"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("trained", ["MaTrRec"], indirect=True)  # one fresh process is enough
 def test_bundle_loads_in_a_fresh_process_without_the_dataset(trained, tiny_data, tmp_path):
     checkpoint, recommender = trained
@@ -375,6 +376,7 @@ def test_cli_bad_input_is_exit_2_and_one_paragraph(bundle_file, tmp_path):
         assert err.count("\n") == 1 and "Traceback" not in err, (argv, err)
 
 
+@pytest.mark.slow
 def test_cli_exit_code_in_a_real_process(tmp_path):
     done = cli_run("recommend", "--model_file=missing.bundle", "--users=1", cwd=tmp_path)
     assert done.returncode == 2 and "Traceback" not in done.stderr

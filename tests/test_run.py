@@ -25,6 +25,7 @@ def run_script(*args, cwd, timeout=300):
                           text=True, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_sasrec_one_epoch_prints_metrics_and_its_checkpoint_reloads(tiny, workdir):
     done = run_script("--model=SASRec", "--dataset=tiny", *flags(dict(tiny, epochs=1)), cwd=workdir)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -44,6 +45,7 @@ def test_sasrec_one_epoch_prints_metrics_and_its_checkpoint_reloads(tiny, workdi
     assert dict(again) == pytest.approx(result["test_result"], abs=1e-4)
 
 
+@pytest.mark.slow
 def test_unknown_model_is_one_clear_paragraph(workdir):
     done = run_script("--model=NoSuchModel", cwd=workdir)
     assert done.returncode == 2
@@ -53,6 +55,7 @@ def test_unknown_model_is_one_clear_paragraph(workdir):
     assert "SASRec" in message and "GRU4Rec" in message
 
 
+@pytest.mark.slow
 def test_missing_dataset_offline_is_a_clear_message(workdir):
     for dataset in ("no-such-dataset", "amazon-beauty"):  # unknown name; known but offline
         done = run_script("--model=SASRec", f"--dataset={dataset}", f"--data_path={workdir}/d",
@@ -106,6 +109,7 @@ def test_defaults_a_researcher_expects(tiny):
         build_config("SASRec", "tiny", overrides={"metrics": "['no_such_metric']"})
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_from_its_checkpoint(tiny, workdir):
     args = ["--model=SASRec", "--dataset=tiny", *flags(dict(tiny, epochs=200, stopping_step=200))]
     process = subprocess.Popen([sys.executable, SCRIPT, *args], cwd=workdir,

@@ -9,7 +9,7 @@ import torch
 
 from recbole_hybrid.errors import ConfigError
 from recbole_hybrid.ops import backend, causal_conv1d, cpp_extension, selective_scan
-from recbole_hybrid.ops.selective_scan import CHUNK_LEN, KernelCore
+from recbole_hybrid.ops.selective_scan import CHUNK_LEN, CppCore
 
 
 def reference_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
@@ -77,17 +77,18 @@ def relative_error(a, b):
 VARIANTS = list(itertools.product([False, True], repeat=4))  # softplus, D, z, bias
 
 
-@pytest.fixture(params=["cpu kernel", "chunked"])
+@pytest.fixture(params=["cpp", "chunked"])
 def core(request, monkeypatch):
-    """Run a test once with the C++ CPU kernel and once with the PyTorch chunked scan."""
+    """Run a test once with the C++ CPU scan and once with the PyTorch chunked scan."""
     if request.param == "chunked":
         monkeypatch.setenv(cpp_extension.ENV_VAR, "0")
     probe = torch.zeros(1)
-    assert KernelCore.serves(probe) == (request.param == "cpu kernel"), "the C++ scan did not build"
+    assert CppCore.serves(probe) == (request.param == "cpp"), "the C++ scan did not build"
     return request.param
 
 
-@pytest.mark.parametrize("length", [1, CHUNK_LEN - 1, CHUNK_LEN, CHUNK_LEN + 1, 200])
+@pytest.mark.parametrize("length", [1, CHUNK_LEN - 1, CHUNK_LEN, CHUNK_LEN + 1,
+                                    pytest.param(200, marks=pytest.mark.slow)])
 @pytest.mark.parametrize("softplus,with_D,with_z,with_bias", VARIANTS)
 def test_float64_parity(core, length, softplus, with_D, with_z, with_bias):
     inputs = make_inputs(length, torch.float64, with_D, with_z, with_bias)

@@ -99,6 +99,7 @@ def test_tables_mark_what_the_holm_adjusted_tests_support(tmp_path):
     assert [c.strip() for c in improvement_cells] == ["+0.0%", "+0.0%"]  # no mark
 
 
+@pytest.mark.slow
 def test_a_seeded_grid_resumes_missing_seeds_and_its_report_is_redrawn_byte_for_byte(
         data_path, workdir):
     output = str(workdir / "cmp")

@@ -33,6 +33,7 @@ def settings(model, data_path):
     return {**SMALL, **MODEL_SETTINGS[model], "data_path": data_path}
 
 
+@pytest.mark.slow
 def test_import_in_a_fresh_process_registers_the_models():
     done = subprocess.run([sys.executable, "-c", "import recbole_hybrid as r; print(*r.plugin_models())"],
                           capture_output=True, text=True, timeout=300)
@@ -52,6 +53,7 @@ def test_one_epoch_and_its_checkpoint_reloads(model, data_path, workdir):
     assert dict(again) == pytest.approx(result["test_result"], abs=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tool,model", [("hyperopt", "SASRec"), ("ray", "MaTrRec")])
 def test_a_two_trial_search(tool, model, data_path, workdir):
     space = workdir / "space.hyper"
@@ -74,6 +76,7 @@ def read_trials(output):
 
 @pytest.mark.skipif(not hasattr(ray.exceptions, "AuthenticationError"),
                     reason="Ray 2.6 has no token authentication")
+@pytest.mark.slow
 def test_the_readme_cluster_recipe_with_token_authentication(data_path, workdir):
     """Current Ray: a head started where ~/.ray/auth_token exists requires the token; a client
     without RAY_AUTH_MODE=token gets one clear paragraph, with it the search runs."""

@@ -70,6 +70,7 @@ def test_bad_search_settings_fail_before_any_trial(tmp_path, data_path, workdir)
     assert not os.path.exists("tuning")
 
 
+@pytest.mark.slow
 def test_hyperopt_exhaustive_and_random_searches(tmp_path, data_path, workdir):
     output = str(workdir / "exhaustive")
     best = tune("SASRec", "tiny", params_file(tmp_path, CHOICES), "hyperopt", "exhaustive",
@@ -92,6 +93,7 @@ def test_hyperopt_exhaustive_and_random_searches(tmp_path, data_path, workdir):
     assert all(t["n_layers"] in ("1", "2") for t in trials)  # quniform values arrive as ints
 
 
+@pytest.mark.slow
 def test_a_failing_hyperopt_trial_is_recorded_and_the_search_goes_on(tmp_path, data_path, workdir):
     space = params_file(tmp_path, "n_heads choice [3, 1]\n")  # hidden 16 / 3 heads: impossible
     output = str(workdir / "failing")
@@ -107,6 +109,7 @@ def ray_settings(data_path):
     return {**SETTINGS, "epochs": 4, "data_path": data_path}
 
 
+@pytest.mark.slow
 def test_ray_tune_with_asha_on_a_local_ray(tmp_path, ray_settings, workdir):
     output = str(workdir / "ray")
     best = tune("SASRec", "tiny", params_file(tmp_path, RANGES), "ray", "random", max_evals=4,
@@ -126,6 +129,7 @@ def tune_command(space, output, settings, *extra):
         f"--{k}={v}" for k, v in settings.items()]
 
 
+@pytest.mark.slow
 def test_an_interrupted_ray_search_resumes_without_redoing_finished_trials(
         tmp_path, ray_settings, workdir):
     output = str(workdir / "ray")
@@ -159,6 +163,7 @@ def test_an_interrupted_ray_search_resumes_without_redoing_finished_trials(
 
 @pytest.mark.skipif(shutil.which("ray", path=os.path.dirname(sys.executable)) is None,
                     reason="the ray command is not installed beside this python")
+@pytest.mark.slow
 def test_two_trials_through_ray_address_on_a_head_started_with_ray_start(
         tmp_path, ray_settings, workdir):
     ray = os.path.join(os.path.dirname(sys.executable), "ray")
@@ -179,6 +184,7 @@ def test_two_trials_through_ray_address_on_a_head_started_with_ray_start(
         subprocess.run([ray, "stop", "--force"], capture_output=True, env=environment, timeout=120)
 
 
+@pytest.mark.slow
 def test_bayes_search_with_both_engines(tmp_path, ray_settings, workdir):
     """hyperopt's TPE through HyperTuning, and through Ray's HyperOptSearch (which takes the
     space itself: none may be passed to the Tuner too)."""

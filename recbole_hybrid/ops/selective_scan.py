@@ -13,7 +13,7 @@ outputs, which the C++ and Triton scans read in place).
 Which implementation runs (backend.scan_path): mamba_ssm's CUDA kernel, the Triton scan
 (triton_scan.py), or `SelectiveScan`, which computes the same function exactly, with the
 gradients of every input from the adjoint recurrence run in reverse, by one of two cores:
-- `KernelCore`, CPU tensors: the C++ scan (ops/cpp_extension.py), one (batch row, channel)
+- `CppCore`, CPU tensors: the C++ scan (ops/cpp_extension.py), one (batch row, channel)
   at a time with its state in a small buffer; backward recomputes the states.
 - `ChunkedCore`, any device, and the fallback: PyTorch over chunks of CHUNK_LEN steps,
   keeping only the state at each chunk start and recomputing a chunk's states in backward.
@@ -61,7 +61,7 @@ class SelectiveScan(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus):
-        ctx.core = KernelCore if KernelCore.serves(u) else ChunkedCore
+        ctx.core = CppCore if CppCore.serves(u) else ChunkedCore
         ctx.delta_softplus = delta_softplus
         out, last_state, saved = ctx.core.forward(_ScanInputs(u, delta, A, B, C, D, z, delta_bias),
                                                   delta_softplus)
@@ -93,7 +93,7 @@ class _ScanInputs:
         self.A2 = self.A * LOG2_E
 
 
-class KernelCore:
+class CppCore:
     """The C++ scan on CPU tensors, softplus and gate included; it reads u, delta and z in
     any layout, so nothing is copied. Backward recomputes from the inputs."""
 
@@ -108,13 +108,13 @@ class KernelCore:
 
     @staticmethod
     def forward(x, delta_softplus):
-        out, last_state = cpp_extension.load().scan_forward(*KernelCore._arguments(x, delta_softplus))
+        out, last_state = cpp_extension.load().scan_forward(*CppCore._arguments(x, delta_softplus))
         return out, last_state, ()
 
     @staticmethod
     def backward(x, delta_softplus, saved, grad_out, grad_last_state):
         return cpp_extension.load().scan_backward(
-            *KernelCore._arguments(x, delta_softplus), grad_out, grad_last_state
+            *CppCore._arguments(x, delta_softplus), grad_out, grad_last_state
         )
 
 
