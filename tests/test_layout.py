@@ -104,3 +104,18 @@ def test_help_and_convert_import_neither_torch_nor_recbole(tmp_path):
                               cwd=tmp_path)
         assert done.returncode == 0, done.stderr
         assert done.stdout.strip().splitlines()[-1] == "[]", (argv, done.stdout)
+
+
+def test_the_public_names_the_readme_imports():
+    """Every name the README imports, from where it imports it, in a fresh process."""
+    probe = ("from recbole_hybrid import run, Recommender, register_model, plugin_models\n"
+             "from recbole_hybrid.compare import compare, load_grid\n"
+             "from recbole_hybrid.tune import tune\n"
+             "from recbole_hybrid.data.convert import convert\n"
+             "from recbole_hybrid.modules import Mamba\n"
+             "from recbole_hybrid.ops import selective_scan, causal_conv1d\n"
+             "print(all(map(callable, (run, Recommender, register_model, plugin_models, compare,"
+             " load_grid, tune, convert, Mamba, selective_scan, causal_conv1d))))\n")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "True"
