@@ -78,6 +78,12 @@ def plugin_models():
     return sorted(_registered())
 
 
+def plugin_class(name):
+    """The class of a registered plugin model, or None."""
+    entry = _registered().get(name)
+    return entry.model_class if entry else None
+
+
 def plugin_config_file(name):
     """The default yaml of a plugin model, or None (not a plugin model, or none given)."""
     entry = _registered().get(name)

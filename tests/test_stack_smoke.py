@@ -15,6 +15,7 @@ import recbole.utils
 from recbole.quick_start import load_data_and_model
 
 import recbole_hybrid
+from recbole_hybrid.quick_start.checkpoints import load_checkpoint
 from recbole_hybrid.tune import tune
 
 SMALL = {"MAX_ITEM_LIST_LENGTH": 10, "hidden_size": 16, "train_batch_size": 128,
@@ -51,6 +52,8 @@ def test_one_epoch_and_its_checkpoint_reloads(model, data_path, workdir):
     trainer = recbole.utils.get_trainer(config["MODEL_TYPE"], config["model"])(config, net)
     again = trainer.evaluate(test_data, load_best_model=False)
     assert dict(again) == pytest.approx(result["test_result"], abs=1e-4)
+    # and through the reader of `recommend`, which unpickles only what a checkpoint holds
+    assert load_checkpoint(result["checkpoint"])["config"]["model"] == model
 
 
 @pytest.mark.slow

@@ -28,6 +28,13 @@ def _model_arguments(parser):
                         help="checkpoints only: RecBole's data folder, if not the one the run used")
     parser.add_argument("--device", default=None,
                         help="cpu, cuda, cuda:1 (default: cuda if available)")
+    _trust_argument(parser)
+
+
+def _trust_argument(parser):
+    parser.add_argument("--trust_checkpoint", action="store_true",
+                        help="read a checkpoint that names more than RecBole's checkpoints hold "
+                        "(unpickling it may run code: only for files from a source you trust)")
 
 
 def _add_recommend_parser(subparsers):
@@ -134,6 +141,7 @@ def _add_export_parser(subparsers):
     parser.add_argument("--data_path", default=None,
                         help="RecBole's data folder, if not the one the run used")
     parser.add_argument("--force", action="store_true", help="replace an existing --output")
+    _trust_argument(parser)
 
 
 def _export(args, overrides):
@@ -142,7 +150,8 @@ def _export(args, overrides):
     no_settings("export", overrides)
     if os.path.exists(args.output) and not args.force:
         raise UserError(f"{args.output} exists: pass --force to replace it, or another --output")
-    recommender = Recommender.load(args.checkpoint, device="cpu", data_path=args.data_path)
+    recommender = Recommender.load(args.checkpoint, device="cpu", data_path=args.data_path,
+                                   trust_checkpoint=args.trust_checkpoint)
     recommender.save(args.output)
     size = os.path.getsize(args.output) / 2**20
     print(f"wrote {args.output} ({size:.1f} MB): {recommender.name}, "
@@ -191,4 +200,5 @@ def _serve(args, overrides):
 def _load(args):
     from recbole_hybrid.serving.recommender import Recommender
 
-    return Recommender.load(args.model_file, device=args.device, data_path=args.data_path)
+    return Recommender.load(args.model_file, device=args.device, data_path=args.data_path,
+                            trust_checkpoint=args.trust_checkpoint)

@@ -59,9 +59,11 @@ class Recommender:
         return f"{self.config['model']} on {self.config['dataset']}"
 
     @classmethod
-    def load(cls, path, device=None, data_path=None):
+    def load(cls, path, device=None, data_path=None, trust_checkpoint=False):
         """A bundle, or a RecBole checkpoint (`.pth`) with its dataset (read from the
-        checkpoint's `data_path`, or from `data_path` when given)."""
+        checkpoint's `data_path`, or from `data_path` when given). What the file holds decides
+        how it is read, not its name; a checkpoint naming more than a RecBole checkpoint holds
+        is refused unless `trust_checkpoint` (unpickling it could run code)."""
         device = _usable_device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if not os.path.exists(path):
             raise CheckpointError(f"model file not found: {path}")
@@ -69,7 +71,7 @@ class Recommender:
             if data_path:
                 raise UserError(f"{path} is a bundle, which needs no data_path")
             return cls(*bundle.read_bundle(path, device))
-        return cls(*_read_checkpoint(path, device, data_path))
+        return cls(*_read_checkpoint(path, device, data_path, trust_checkpoint))
 
     def save(self, path):
         """Write a bundle (see `recbole_hybrid.serving.bundle`)."""
@@ -235,12 +237,12 @@ def _usable_device(name):
     return device
 
 
-def _read_checkpoint(path, device, data_path):
+def _read_checkpoint(path, device, data_path, trust):
     """(model, config, users, items, histories) from a RecBole checkpoint and its dataset."""
     from recbole_hybrid.data.atomic_files import check_dataset, create_dataset
     from recbole_hybrid.quick_start.checkpoints import load_checkpoint
 
-    checkpoint = load_checkpoint(path, or_bundle=True)
+    checkpoint = load_checkpoint(path, or_bundle=True, trust=trust)
     config, state_dict = checkpoint["config"], checkpoint["state_dict"]
     model_class = get_model(config["model"])
     if model_class.type != ModelType.SEQUENTIAL:
