@@ -84,3 +84,111 @@ def test_our_own_checkpoint_needs_no_trust(tmp_path):
     shutil.copy(os.path.join(OLD, "MaTrRec.pth"), path)
     checkpoint = load_checkpoint(str(path))
     assert checkpoint["config"]["model"] == "MaTrRec" and checkpoint["state_dict"]
+
+
+# ---- bundles with missing, ill-typed or oversized parts ---------------------------------------
+
+def rewritten(bundle, folder, name, change):
+    """A copy of `bundle` named `name` whose members are {member: bytes} after `change`."""
+    import zipfile
+
+    with zipfile.ZipFile(bundle) as archive:
+        members = {member: archive.read(member) for member in archive.namelist()}
+    members = change(members)
+    path = folder / name
+    with zipfile.ZipFile(path, "w") as archive:
+        for member, content in members.items():
+            archive.writestr(member, content)
+    return path
+
+
+def _json(member, edit):
+    import json
+
+    def change(members):
+        content = json.loads(members[member])
+        edit(content)
+        return {**members, member: json.dumps(content).encode()}
+    return change
+
+
+def _delete(key):
+    return lambda content: content.pop(key)
+
+
+def _set(key, value, inner=None):
+    def edit(content):
+        (content[inner] if inner else content)[key] = value
+    return edit
+
+
+def _history(user, items):
+    def edit(content):
+        content["histories"][user] = items
+    return edit
+
+
+BUNDLE_CASES = {
+    "manifest without model": (_json("manifest.json", _delete("model")), "`model` must be a str"),
+    "manifest without config": (_json("manifest.json", _delete("config")), "`config` must be a dict"),
+    "model not a name": (_json("manifest.json", _set("model", 7)), "`model` must be a str"),
+    "unknown model": (_json("manifest.json", _set("model", "NoSuchRec")), "NoSuchRec"),
+    "empty config": (_json("manifest.json", _set("config", {})), "MAX_ITEM_LIST_LENGTH must be"),
+    "length a string": (_json("manifest.json", _set("MAX_ITEM_LIST_LENGTH", "50", "config")),
+                        "MAX_ITEM_LIST_LENGTH must be a positive integer, got '50'"),
+    "length 0": (_json("manifest.json", _set("MAX_ITEM_LIST_LENGTH", 0, "config")),
+                 "MAX_ITEM_LIST_LENGTH must be a positive integer, got 0"),
+    "hidden size a string": (_json("manifest.json", _set("hidden_size", "8", "config")),
+                             "hidden_size must be a positive integer"),
+    "negative item id": (_json("vocabulary.json", _history(1, [-3])), "history of user"),
+    "item id too large": (_json("vocabulary.json", _history(2, [10**6])), "from 1 to"),
+    "item id a string": (_json("vocabulary.json", _history(1, ["5"])), "history of user"),
+    "no histories": (_json("vocabulary.json", _delete("histories")), "`histories` must hold"),
+    "users not tokens": (_json("vocabulary.json", _set("users", [1, 2, 3])), "`users` must be"),
+    "no weights": (lambda m: {k: v for k, v in m.items() if k != "weights.pt"},
+                   "without weights.pt"),
+    "weights not a state dict": (lambda m: {**m, "weights.pt": _saved([1, 2])}, "state dict"),
+}
+
+
+def _saved(obj):
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("case", BUNDLE_CASES)
+def test_a_malformed_bundle_is_one_paragraph_naming_the_member(case, tmp_path, capsys):
+    change, message = BUNDLE_CASES[case]
+    path = rewritten(os.path.join(OLD, "MaTrRec.bundle"), tmp_path, "x.bundle", change)
+    code = cli.main(["recommend", f"--model_file={path}", "--users=1"])
+    assert_one_paragraph(code, capsys.readouterr().err, str(path), message)
+
+
+def test_an_oversized_member_is_refused_before_it_is_read(tmp_path, capsys, monkeypatch):
+    from recbole_hybrid.serving import bundle
+
+    monkeypatch.setitem(bundle.SIZE_CAPS, bundle.MANIFEST, 1000)  # the real one: 16 MiB
+    path = rewritten(os.path.join(OLD, "MaTrRec.bundle"), tmp_path, "x.bundle", lambda m: m)
+    read = []
+    monkeypatch.setattr(bundle.zipfile.ZipFile, "open",
+                        lambda self, *a, **k: read.append(a) or pytest.fail("a member was read"))
+    code = cli.main(["recommend", f"--model_file={path}", "--users=1"])
+    assert_one_paragraph(code, capsys.readouterr().err, "manifest.json holds", "was not read")
+
+
+def test_the_untouched_old_bundle_still_loads(tmp_path, capsys):
+    path = rewritten(os.path.join(OLD, "MaTrRec.bundle"), tmp_path, "x.bundle", lambda m: m)
+    assert cli.main(["recommend", f"--model_file={path}", "--users=1"]) == 0
+
+
+def test_a_bundle_given_to_export_and_a_binary_users_file(tmp_path, capsys):
+    path = rewritten(os.path.join(OLD, "MaTrRec.bundle"), tmp_path, "x.bundle", lambda m: m)
+    code = cli.main(["export", f"--checkpoint={path}", f"--output={tmp_path / 'y.bundle'}"])
+    assert_one_paragraph(code, capsys.readouterr().err, "is a bundle already")
+    users = tmp_path / "users.txt"
+    users.write_bytes(b"1\n2\n\xfd\xfe binary\n")
+    code = cli.main(["recommend", f"--model_file={path}", f"--users_file={users}"])
+    assert_one_paragraph(code, capsys.readouterr().err, "is not UTF-8 text (line 3")

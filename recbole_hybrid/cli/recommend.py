@@ -122,10 +122,16 @@ def _shorten(tokens, last=8):
 
 def _read_users(path):
     try:
-        with open(path, encoding="utf-8") as f:
-            return f.read().splitlines()
+        with open(path, "rb") as f:
+            content = f.read()
     except OSError as error:
         raise UserError(f"cannot read --users_file {path}: {error.strerror}") from None
+    try:
+        return content.decode("utf-8").splitlines()
+    except UnicodeDecodeError as error:
+        line = content[:error.start].count(b"\n") + 1
+        raise UserError(f"--users_file {path} is not UTF-8 text (line {line}: {error.reason}): "
+                        "give one user token per line, saved as UTF-8") from None
 
 
 def _add_export_parser(subparsers):
@@ -148,8 +154,13 @@ def _export(args, overrides):
     from recbole_hybrid.serving.recommender import Recommender
 
     no_settings("export", overrides)
+    from recbole_hybrid.serving.bundle import is_bundle
+
     if os.path.exists(args.output) and not args.force:
         raise UserError(f"{args.output} exists: pass --force to replace it, or another --output")
+    if os.path.isfile(args.checkpoint) and is_bundle(args.checkpoint):
+        raise UserError(f"--checkpoint {args.checkpoint} is a bundle already: copy the file as it "
+                        "is; export writes a bundle from a run's checkpoint (.pth)")
     recommender = Recommender.load(args.checkpoint, device="cpu", data_path=args.data_path,
                                    trust_checkpoint=args.trust_checkpoint)
     recommender.save(args.output)

@@ -19,6 +19,8 @@ import zipfile
 import torch
 from recbole.utils import get_model
 
+from recbole_hybrid import registry
+from recbole_hybrid.config.values import POSITIVE_INT, VALUE_RULES, require
 from recbole_hybrid.data.stand_in import StandInDataset
 from recbole_hybrid.errors import BundleError, CheckpointError, OutputError, UserError
 from recbole_hybrid.utils.files import replaced_atomically
@@ -26,6 +28,8 @@ from recbole_hybrid.utils.files import replaced_atomically
 FORMAT = "recbole-hybrid bundle"
 FORMAT_VERSION = 1
 MANIFEST, VOCABULARY, WEIGHTS = "manifest.json", "vocabulary.json", "weights.pt"
+# the most each member may hold, uncompressed: checked before it is read, and while reading
+SIZE_CAPS = {MANIFEST: 16 * 2**20, VOCABULARY: 2 * 2**30, WEIGHTS: 8 * 2**30}
 
 
 class BundleConfig(dict):
@@ -87,25 +91,91 @@ def read_bundle(path, device):
         raise BundleError(f"bundle not found: {path}")
     try:
         with zipfile.ZipFile(path) as archive:
-            manifest = json.loads(archive.read(MANIFEST))
+            manifest = json.loads(_member(path, archive, MANIFEST))
             _check_version(path, manifest)
-            vocabulary = json.loads(archive.read(VOCABULARY))
-            state_dict = torch.load(
-                io.BytesIO(archive.read(WEIGHTS)), map_location="cpu", weights_only=True
-            )
-    except BundleError:
+            model_class = _check_manifest(path, manifest)
+            vocabulary = json.loads(_member(path, archive, VOCABULARY))
+            _check_vocabulary(path, vocabulary)
+            state_dict = torch.load(io.BytesIO(_member(path, archive, WEIGHTS)),
+                                    map_location="cpu", weights_only=True)
+    except UserError:
         raise
     except Exception as error:  # a damaged file fails in zipfile, json or torch: one message
         raise BundleError(
             f"{path} is not a readable bundle ({type(error).__name__}: {error}); it may be "
             "truncated or corrupted: export it again with `recbole-hybrid export`"
         ) from None
-    model_class = get_model(manifest["model"])
+    if not isinstance(state_dict, dict) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state_dict.items()):
+        raise BundleError(f"{path}: {WEIGHTS} must hold a state dict (parameter names to "
+                          "tensors): export the checkpoint again with `recbole-hybrid export`")
     config = BundleConfig(manifest["config"])
     config.update(device=torch.device(device), MODEL_TYPE=model_class.type)
     model = build_model(model_class, config, len(vocabulary["users"]), len(vocabulary["items"]),
-                        state_dict, device)
+                        state_dict, device, where=f"{path} ({MANIFEST}, config)")
     return model, config, vocabulary["users"], vocabulary["items"], vocabulary["histories"]
+
+
+def _member(path, archive, name):
+    """The bytes of member `name`, refused before reading when the zip directory says it is
+    larger than SIZE_CAPS[name], and cut off once it proves larger while read."""
+    cap = SIZE_CAPS[name]
+    try:
+        info = archive.getinfo(name)
+    except KeyError:
+        raise BundleError(f"{path} is a bundle without {name}: export it again with "
+                          "`recbole-hybrid export`") from None
+    if info.file_size > cap:
+        raise BundleError(f"{path}: {name} holds {info.file_size / 2**20:.0f} MB, more than a "
+                          f"bundle's {name} may ({cap / 2**20:.0f} MB); it was not read")
+    with archive.open(info) as member:
+        content = member.read(cap + 1)
+    if len(content) > cap:
+        raise BundleError(f"{path}: {name} unpacks to more than {cap / 2**20:.0f} MB, more than "
+                          "its zip directory says; the file is damaged or crafted, and was not read")
+    return content
+
+
+def _check_manifest(path, manifest):
+    """The model class the manifest names; BundleError for a missing or ill-typed field."""
+    where = f"{path} ({MANIFEST})"
+    for field, kind in (("model", str), ("dataset", str), ("config", dict)):
+        if not isinstance(manifest.get(field), kind):
+            raise BundleError(f"{where}: `{field}` must be a {kind.__name__}, got "
+                              f"{manifest.get(field)!r}: export the checkpoint again")
+    try:
+        registry.check_known(manifest["model"])
+        config = manifest["config"]
+        require("MAX_ITEM_LIST_LENGTH", config.get("MAX_ITEM_LIST_LENGTH"), POSITIVE_INT)
+        for key, rule in VALUE_RULES.items():
+            if key in config:
+                require(key, config[key], rule)
+    except UserError as error:
+        raise BundleError(f"{where}: {error}") from None
+    return get_model(manifest["model"])
+
+
+def _check_vocabulary(path, vocabulary):
+    """BundleError unless users and items are lists of strings and `histories` one list of
+    item ids (integers from 1 to the number of items - 1) per user."""
+    where = f"{path} ({VOCABULARY})"
+    if not isinstance(vocabulary, dict):
+        raise BundleError(f"{where} must be a JSON object with users, items and histories")
+    for field in ("users", "items"):
+        tokens = vocabulary.get(field)
+        if not isinstance(tokens, list) or len(tokens) < 2 or not all(
+                isinstance(t, str) for t in tokens):
+            raise BundleError(f"{where}: `{field}` must be a list of tokens (strings), the "
+                              "padding first")
+    histories, n_items = vocabulary.get("histories"), len(vocabulary["items"])
+    if not isinstance(histories, list) or len(histories) != len(vocabulary["users"]):
+        raise BundleError(f"{where}: `histories` must hold one list per user "
+                          f"({len(vocabulary['users'])})")
+    for user, history in enumerate(histories):
+        if not isinstance(history, list) or not all(
+                type(i) is int and 0 < i < n_items for i in history):
+            raise BundleError(f"{where}: the history of user {vocabulary['users'][user]!r} "
+                              f"(id {user}) must be a list of item ids from 1 to {n_items - 1}")
 
 
 def _check_version(path, manifest):
@@ -121,12 +191,15 @@ def _check_version(path, manifest):
         )
 
 
-def build_model(model_class, config, n_users, n_items, state_dict, device):
+def build_model(model_class, config, n_users, n_items, state_dict, device, where=None):
     """`model_class(config, StandInDataset)` with `state_dict` loaded, in eval mode on `device`.
-    `n_users`, `n_items`: the sizes of the id fields, padding included."""
+    `n_users`, `n_items`: the sizes of the id fields, padding included; `where`: the file the
+    config comes from, if its settings may be anything (a bundle from elsewhere)."""
     name = model_class.__name__
     try:
         model = model_class(config, StandInDataset(config, n_users, n_items))
+    except UserError:
+        raise
     except (AttributeError, KeyError) as error:
         raise UserError(
             f"{name} cannot be rebuilt for recommending: its constructor reads more of the "
@@ -134,6 +207,11 @@ def build_model(model_class, config, n_users, n_items, state_dict, device):
             f"{error}); models that read item features or the training interactions are not "
             "supported"
         ) from None
+    except (TypeError, ValueError, RuntimeError) as error:
+        if where is None:
+            raise
+        raise BundleError(f"{where}: the settings do not build {name} ({type(error).__name__}: "
+                          f"{error}); export the checkpoint again") from None
     try:
         model.load_state_dict(state_dict)
     except RuntimeError as error:
