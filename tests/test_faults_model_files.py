@@ -192,3 +192,17 @@ def test_a_bundle_given_to_export_and_a_binary_users_file(tmp_path, capsys):
     users.write_bytes(b"1\n2\n\xfd\xfe binary\n")
     code = cli.main(["recommend", f"--model_file={path}", f"--users_file={users}"])
     assert_one_paragraph(code, capsys.readouterr().err, "is not UTF-8 text (line 3")
+
+
+@pytest.mark.parametrize("content", [
+    {"config": 5, "state_dict": {}}, {"config": {"model": "MaTrRec"}, "state_dict": {}},
+    {"state_dict": {}}, [1, 2, 3], {"config": None, "state_dict": None},
+])
+def test_a_checkpoint_of_the_wrong_shape_is_one_paragraph(content, tmp_path, capsys):
+    path = tmp_path / "odd.pth"
+    torch.save(content, path)
+    for argv in (["recommend", f"--model_file={path}", "--users=1"],
+                 ["export", f"--checkpoint={path}", f"--output={tmp_path / 'out.bundle'}"],
+                 ["run", f"--resume={path}"]):
+        code = cli.main(argv)
+        assert_one_paragraph(code, capsys.readouterr().err, "RecBole checkpoint", str(path))
