@@ -206,3 +206,13 @@ def test_a_checkpoint_of_the_wrong_shape_is_one_paragraph(content, tmp_path, cap
                  ["run", f"--resume={path}"]):
         code = cli.main(argv)
         assert_one_paragraph(code, capsys.readouterr().err, "RecBole checkpoint", str(path))
+
+
+def test_only_recbole_s_own_names_are_resolved():
+    from recbole_hybrid.quick_start.checkpoints import _allowed
+
+    assert _allowed("recbole.utils.enum_type", "ModelType") is not None
+    assert _allowed("recbole.utils.enum_type", "Enum") is None  # imported there, not RecBole's
+    assert _allowed("recbole.model.sequential_recommender.sasrec", "SASRec") is not None
+    assert _allowed("recbole.model.sequential_recommender.sasrec", "torch") is None
+    assert _allowed("os", "system") is None and _allowed("builtins", "eval") is None

@@ -46,8 +46,11 @@ class Refused(pickle.UnpicklingError):
 def _allowed(module, name):
     """The object `module.name` if a RecBole checkpoint may name it, else None. Only
     RecBole's, this package's and registered plugins' model modules are imported here."""
-    if (module, name) in _NAMES or module == "recbole.utils.enum_type":
+    if (module, name) in _NAMES:
         return getattr(importlib.import_module(module), name, None)
+    if module == "recbole.utils.enum_type":  # RecBole's enums, not what the module imports
+        found = getattr(importlib.import_module(module), name, None)
+        return found if isinstance(found, type) and found.__module__ == module else None
     plugin = registry.plugin_class(name)
     if plugin is not None and plugin.__module__ == module:
         return plugin
@@ -84,11 +87,8 @@ def load_checkpoint(path, or_bundle=False, trust=False):
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        if trust:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-        else:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=False,
-                                    pickle_module=_checkpoint_pickle)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False,
+                                pickle_module=pickle if trust else _checkpoint_pickle)
         if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict) \
                 or not hasattr(checkpoint.get("config"), "final_config_dict"):
             raise TypeError("it is not the dict RecBole's trainer saves")
