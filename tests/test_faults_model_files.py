@@ -88,15 +88,16 @@ def test_our_own_checkpoint_needs_no_trust(tmp_path):
 
 # ---- bundles with missing, ill-typed or oversized parts ---------------------------------------
 
-def rewritten(bundle, folder, name, change):
-    """A copy of `bundle` named `name` whose members are {member: bytes} after `change`."""
+def rewritten(bundle, folder, name, change, compression=0):
+    """A copy of `bundle` named `name` whose members are {member: bytes} after `change`
+    (stored: compression 0; deflated: 8)."""
     import zipfile
 
     with zipfile.ZipFile(bundle) as archive:
         members = {member: archive.read(member) for member in archive.namelist()}
     members = change(members)
     path = folder / name
-    with zipfile.ZipFile(path, "w") as archive:
+    with zipfile.ZipFile(path, "w", compression) as archive:
         for member, content in members.items():
             archive.writestr(member, content)
     return path
@@ -177,6 +178,36 @@ def test_an_oversized_member_is_refused_before_it_is_read(tmp_path, capsys, monk
                         lambda self, *a, **k: read.append(a) or pytest.fail("a member was read"))
     code = cli.main(["recommend", f"--model_file={path}", "--users=1"])
     assert_one_paragraph(code, capsys.readouterr().err, "manifest.json holds", "was not read")
+
+
+@pytest.mark.parametrize("compression", [0, 8], ids=["stored", "deflated"])
+def test_a_member_larger_than_its_zip_directory_says_is_read_no_further(
+        compression, tmp_path, capsys):
+    """A directory that says 100 bytes for a 50 MB manifest: 100 bytes are read, then the CRC
+    fails; one paragraph, and the 50 MB are never in memory."""
+    import struct
+    import tracemalloc
+    import zipfile
+
+    huge = {"manifest.json": b"{" + b" " * 50 * 2**20 + b"}"}
+    path = rewritten(os.path.join(OLD, "MaTrRec.bundle"), tmp_path, "x.bundle",
+                     lambda members: {**members, **huge}, compression)
+    data = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as archive:
+        local = archive.getinfo("manifest.json").header_offset
+    central = data.rfind(b"manifest.json") - 46  # the directory's entry: the name's last copy
+    assert data[local:local + 4] == b"PK\x03\x04" and data[central:central + 4] == b"PK\x01\x02"
+    struct.pack_into("<I", data, local + 22, 100)  # the uncompressed size, in both headers
+    struct.pack_into("<I", data, central + 24, 100)
+    path.write_bytes(bytes(data))
+    tracemalloc.start()
+    try:
+        code = cli.main(["recommend", f"--model_file={path}", "--users=1"])
+        peak_mb = tracemalloc.get_traced_memory()[1] / 2**20
+    finally:
+        tracemalloc.stop()
+    assert_one_paragraph(code, capsys.readouterr().err, str(path), "Bad CRC-32")
+    assert peak_mb < 10, f"{peak_mb:.0f} MB were allocated"
 
 
 def test_the_untouched_old_bundle_still_loads(tmp_path, capsys):

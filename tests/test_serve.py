@@ -2,9 +2,11 @@
 
 import asyncio
 import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import httpx
@@ -208,10 +210,73 @@ def test_serve_keeps_what_it_loaded_out_of_the_garbage_collector(bundle, monkeyp
     from recbole_hybrid.serving import http as serve_module
 
     frozen = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: frozen.append(gc.get_freeze_count()))
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self: frozen.append(gc.get_freeze_count()))
     monkeypatch.setattr(torch, "set_num_threads", lambda n: None)
     try:
         serve_module.serve(bundle[1], port=free_port())
     finally:
         gc.unfreeze()
     assert frozen and frozen[0] > 10000, frozen
+
+
+# The model takes 5 s per batch and marks when it starts one: a request is surely in flight.
+SLOW_SERVE = """
+import sys, time
+from recbole_hybrid import cli
+from recbole_hybrid.serving.recommender import Recommender
+
+top_k = Recommender.top_k
+def slow_top_k(self, *args):
+    open(sys.argv[1], "w").close()
+    time.sleep(5)
+    return top_k(self, *args)
+Recommender.top_k = slow_top_k
+sys.exit(cli.main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ctrl_c", [1, 2])
+def test_ctrl_c_answers_the_request_in_flight_and_a_second_one_stops_at_once(
+        bundle, tmp_path, ctrl_c):
+    """Once: the request in flight is answered, then 130. Twice: it gets a 503 JSON at once,
+    and the process exits 130 with one line, no traceback of a cancelled task."""
+    port, marker = free_port(), tmp_path / "scoring"
+    process = subprocess.Popen(
+        [sys.executable, "-c", SLOW_SERVE, str(marker), "serve", f"--model_file={bundle[0]}",
+         f"--port={port}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=dict(os.environ, OMP_NUM_THREADS="1"))
+    url, answers = f"http://127.0.0.1:{port}", []
+    try:
+        deadline = time.time() + 120
+        while True:
+            assert process.poll() is None and time.time() < deadline, "the server did not start"
+            try:
+                if httpx.get(f"{url}/health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        client = threading.Thread(target=lambda: answers.append(
+            (httpx.post(f"{url}/recommend", json={"user": "1"}, timeout=60), time.time())))
+        client.start()
+        while not marker.exists():
+            assert time.time() < deadline, "the request never reached the model"
+            time.sleep(0.05)
+        signalled = time.time()
+        for _ in range(ctrl_c):
+            process.send_signal(signal.SIGINT)
+            time.sleep(0.5)
+        client.join(timeout=60)
+        _, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    (response, answered), = answers
+    if ctrl_c == 1:
+        assert response.status_code == 200 and len(response.json()["items"]) == 10
+        assert answered - signalled > 4  # it waited for the model
+    else:
+        assert response.status_code == 503, response.text
+        assert "stopped before this request was answered" in response.json()["detail"]
+        assert answered - signalled < 3
+    assert process.returncode == 130
+    assert err.strip() == f"interrupted: the service at {url} stopped", err

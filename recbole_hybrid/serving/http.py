@@ -10,6 +10,10 @@ the first waiting request, waits `max_wait` seconds for others (only when the ba
 held more than one request: a lone client does not wait), and takes up to `max_batch` of them;
 one worker thread runs the model, so new requests gather while a batch is scored.
 Bad input is a 4xx with a JSON `detail` sentence; the service keeps serving.
+
+Ctrl-C (or SIGTERM) stops taking connections, answers the requests in flight and exits with 130;
+a second Ctrl-C answers the requests still waiting with a 503 JSON and exits at once (after the
+batch the model is scoring, if any), quietly, with 130.
 """
 
 import asyncio
@@ -19,12 +23,13 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import List, Optional, Union
 
 import torch
+import uvicorn
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, StrictBool, StrictInt
 
-from recbole_hybrid.errors import InvalidQueryError, UserError
+from recbole_hybrid.errors import Interrupted, InvalidQueryError, UserError
 
 Token = Union[StrictInt, str]
 
@@ -45,6 +50,10 @@ class RecommendResponse(BaseModel):
     ignored: List[str]
 
 
+class ShuttingDown(Exception):
+    """The service was stopped at once (a second Ctrl-C) before this request was answered."""
+
+
 class MicroBatcher:
     """Collects concurrent requests into batches for `recommender.top_k`."""
 
@@ -53,12 +62,25 @@ class MicroBatcher:
         self.queue = asyncio.Queue()
         self.worker = ThreadPoolExecutor(1, thread_name_prefix="recommend")
         self.requests = self.batches = 0
+        self.waiting = set()  # the futures of requests not answered yet
+        self.closed = False
 
     async def submit(self, query, k, exclude_seen):
         """The result dict of one Query (see `Recommender.top_k`), once its batch is scored."""
+        if self.closed:
+            raise ShuttingDown()
         future = asyncio.get_running_loop().create_future()
+        self.waiting.add(future)
+        future.add_done_callback(self.waiting.discard)
         await self.queue.put((query, k, exclude_seen, future))
         return await future
+
+    def close(self):
+        """Answer every waiting request with ShuttingDown, and every later one (loop thread)."""
+        self.closed = True
+        for future in list(self.waiting):
+            if not future.done():
+                future.set_exception(ShuttingDown())
 
     async def run(self):
         loop = asyncio.get_running_loop()
@@ -96,17 +118,24 @@ def create_app(recommender, max_batch=64, max_wait=0.002):
         task = asyncio.create_task(batcher.run())
         yield
         task.cancel()
-        batcher.worker.shutdown(wait=True)
+        batcher.worker.shutdown(wait=False, cancel_futures=True)  # nothing waits on it any more
 
     app = FastAPI(
         title="recbole-hybrid",
         description=f"Top-k recommendations of {recommender.name}.",
         lifespan=lifespan,
     )
+    app.state.batcher = batcher
 
     @app.exception_handler(UserError)
     async def bad_query(request, error):
         return JSONResponse(status_code=400, content={"detail": str(error)})
+
+    @app.exception_handler(ShuttingDown)
+    async def shutting_down(request, error):
+        return JSONResponse(status_code=503, headers={"Connection": "close"}, content={
+            "detail": "the service was stopped before this request was answered; send it again "
+                      "once the service is back (or to another instance)"})
 
     @app.exception_handler(RequestValidationError)
     async def bad_body(request, error):
@@ -141,14 +170,44 @@ def create_app(recommender, max_batch=64, max_wait=0.002):
     return app
 
 
+class _Server(uvicorn.Server):
+    """uvicorn's server; on its forced exit (a second Ctrl-C) the waiting requests get a 503
+    and the application's lifespan still ends, instead of two tracebacks of cancelled tasks."""
+
+    def __init__(self, config, batcher):
+        super().__init__(config)
+        self.batcher, self.loop = batcher, None
+
+    async def serve(self, sockets=None):
+        self.loop = asyncio.get_running_loop()
+        await super().serve(sockets)
+
+    def handle_exit(self, sig, frame):
+        super().handle_exit(sig, frame)
+        if self.force_exit and self.loop is not None:
+            self.loop.call_soon_threadsafe(self.batcher.close)
+
+    async def shutdown(self, sockets=None):
+        await super().shutdown(sockets)
+        if self.force_exit:  # uvicorn skips the lifespan's end then
+            for _ in range(100):  # the 503s take microseconds: at most 1 s
+                if not self.server_state.tasks:
+                    break
+                await asyncio.sleep(0.01)
+            await self.lifespan.shutdown()
+
+
 def serve(recommender, host="127.0.0.1", port=8000, max_batch=64, max_wait=0.002, threads=1):
     """Serve `recommender` until interrupted, the model on `threads` torch threads."""
-    import uvicorn
-
     torch.set_num_threads(threads)
     app = create_app(recommender, max_batch, max_wait)
+    server = _Server(uvicorn.Config(app, host=host, port=port, access_log=False,
+                                    log_level="warning"), app.state.batcher)
     # What is loaded now lives as long as the server: out of the collector's full passes,
     # which otherwise stop every request for about 0.2 s now and then (benchmarks/serve_load.py)
     gc.collect()
     gc.freeze()
-    uvicorn.run(app, host=host, port=port, access_log=False, log_level="warning")
+    try:
+        server.run()  # re-raises the signal that stopped it, as a KeyboardInterrupt
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted: the service at http://{host}:{port} stopped") from None
