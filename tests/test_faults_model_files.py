@@ -2,6 +2,7 @@
 `serve`, `export` or `--resume` under any name, is refused in one paragraph before anything
 in it runs; our own checkpoints still load without being trusted."""
 
+import itertools
 import os
 import shutil
 
@@ -29,18 +30,25 @@ class Payload:
 
 def payload_files(folder):
     """{description: (path, marker)}: payloads where a checkpoint's parts would be, saved by
-    torch.save (a zip, as RecBole's checkpoints are) under .pth and .bundle names."""
+    torch.save (a zip, as RecBole's checkpoints are; torch's legacy format) and by pickle
+    (read by torch.load too), under .pth and .bundle names."""
+    import pickle
+
     files = {}
-    for where in ("whole file", "config", "state_dict", "optimizer"):
+    for where, how in itertools.product(("whole file", "config", "state_dict", "optimizer"),
+                                        ("zip", "legacy", "pickle")):
         for suffix, through in ((".pth", open), (".bundle", os.system)):
-            name = f"{where.replace(' ', '_')}{suffix}"
+            name = f"{where.replace(' ', '_')}-{how}{suffix}"
             marker = folder / f"{name}.ran"
             payload = Payload(marker, through)
             content = payload if where == "whole file" else {
                 "config": payload if where == "config" else None, "epoch": 0, "cur_step": 0,
                 "state_dict": {"w": payload} if where == "state_dict" else {},
                 "optimizer": payload if where == "optimizer" else {}, "other_parameter": None}
-            torch.save(content, folder / name)
+            if how == "pickle":
+                (folder / name).write_bytes(pickle.dumps(content))
+            else:
+                torch.save(content, folder / name, _use_new_zipfile_serialization=how == "zip")
             files[name] = (folder / name, marker)
     return files
 
@@ -72,7 +80,7 @@ def test_no_payload_runs_under_any_name_or_command(command, payloads, capsys):
 
 def test_trust_checkpoint_reads_the_file_as_it_is(payloads, capsys):
     """The flag does what it says: the file is unpickled, and its code runs."""
-    path, marker = payloads["whole_file.pth"]
+    path, marker = payloads["whole_file-zip.pth"]
     code = cli.main(["recommend", f"--model_file={path}", "--users=1", "--trust_checkpoint"])
     assert_one_paragraph(code, capsys.readouterr().err, "not the dict RecBole's trainer saves")
     assert marker.exists()
@@ -129,27 +137,14 @@ def _history(user, items):
     return edit
 
 
-BUNDLE_CASES = {
-    "manifest without model": (_json("manifest.json", _delete("model")), "`model` must be a str"),
-    "manifest without config": (_json("manifest.json", _delete("config")), "`config` must be a dict"),
-    "model not a name": (_json("manifest.json", _set("model", 7)), "`model` must be a str"),
-    "unknown model": (_json("manifest.json", _set("model", "NoSuchRec")), "NoSuchRec"),
-    "empty config": (_json("manifest.json", _set("config", {})), "MAX_ITEM_LIST_LENGTH must be"),
-    "length a string": (_json("manifest.json", _set("MAX_ITEM_LIST_LENGTH", "50", "config")),
-                        "MAX_ITEM_LIST_LENGTH must be a positive integer, got '50'"),
-    "length 0": (_json("manifest.json", _set("MAX_ITEM_LIST_LENGTH", 0, "config")),
-                 "MAX_ITEM_LIST_LENGTH must be a positive integer, got 0"),
-    "hidden size a string": (_json("manifest.json", _set("hidden_size", "8", "config")),
-                             "hidden_size must be a positive integer"),
-    "negative item id": (_json("vocabulary.json", _history(1, [-3])), "history of user"),
-    "item id too large": (_json("vocabulary.json", _history(2, [10**6])), "from 1 to"),
-    "item id a string": (_json("vocabulary.json", _history(1, ["5"])), "history of user"),
-    "no histories": (_json("vocabulary.json", _delete("histories")), "`histories` must hold"),
-    "users not tokens": (_json("vocabulary.json", _set("users", [1, 2, 3])), "`users` must be"),
-    "no weights": (lambda m: {k: v for k, v in m.items() if k != "weights.pt"},
-                   "without weights.pt"),
-    "weights not a state dict": (lambda m: {**m, "weights.pt": _saved([1, 2])}, "state dict"),
-}
+def _weights(edit):
+    def change(members):
+        import io
+
+        weights = torch.load(io.BytesIO(members["weights.pt"]), weights_only=True)
+        edit(weights)
+        return {**members, "weights.pt": _saved(weights)}
+    return change
 
 
 def _saved(obj):
@@ -158,6 +153,49 @@ def _saved(obj):
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     return buffer.getvalue()
+
+
+BUNDLE_CASES = {
+    "manifest without model": (_json("manifest.json", _delete("model")), "`model` must be a str"),
+    "manifest without config": (_json("manifest.json", _delete("config")), "`config` must be a dict"),
+    "model not a name": (_json("manifest.json", _set("model", 7)), "`model` must be a str"),
+    "unknown model": (_json("manifest.json", _set("model", "NoSuchRec")), "NoSuchRec"),
+    "empty config": (_json("manifest.json", _set("config", {})), "MAX_ITEM_LIST_LENGTH must be"),
+    "length a string": (_json("manifest.json", _set("MAX_ITEM_LIST_LENGTH", "50", "config")),
+                        "MAX_ITEM_LIST_LENGTH must be a positive integer up to 2**20, got '50'"),
+    "length 0": (_json("manifest.json", _set("MAX_ITEM_LIST_LENGTH", 0, "config")),
+                 "MAX_ITEM_LIST_LENGTH must be a positive integer up to 2**20, got 0"),
+    "length 10**12": (_json("manifest.json", _set("MAX_ITEM_LIST_LENGTH", 10**12, "config")),
+                      "up to 2**20, got 1000000000000"),  # was 8 TB asked of the allocator
+    "hidden size a string": (_json("manifest.json", _set("hidden_size", "8", "config")),
+                             "hidden_size must be a positive integer"),
+    "negative item id": (_json("vocabulary.json", _history(1, [-3])), "history of user"),
+    "item id too large": (_json("vocabulary.json", _history(2, [10**6])), "from 1 to"),
+    "item id a string": (_json("vocabulary.json", _history(1, ["5"])), "history of user"),
+    "no histories": (_json("vocabulary.json", _delete("histories")), "`histories` must hold"),
+    "users not tokens": (_json("vocabulary.json", _set("users", [1, 2, 3])), "`users` must be"),
+    "a user token twice": (_json("vocabulary.json", _set("users", ["[PAD]"] + ["1"] * 60)),
+                           "`users` holds the token '1' more than once"),
+    "no weights": (lambda m: {k: v for k, v in m.items() if k != "weights.pt"},
+                   "without weights.pt"),
+    "weights not a state dict": (lambda m: {**m, "weights.pt": _saved([1, 2])}, "state dict"),
+    "weights naming a function": (lambda m: {**m, "weights.pt": _saved({"w": Payload("x")})},
+                                  "weights.pt is not a plain state dict of tensors (torch's "
+                                  "weights-only reader: Unsupported global: GLOBAL io.open"),
+    "weights of random bytes": (lambda m: {**m, "weights.pt": b"\x80\x02" + os.urandom(99)},
+                                "weights.pt is not a plain state dict of tensors"),
+    "a weight missing": (_weights(lambda w: w.pop("item_embedding.weight")),
+                         "do not fit MaTrRec as configured: item_embedding.weight is missing"),
+    "a weight more": (_weights(lambda w: w.__setitem__("extra", torch.zeros(1))),
+                      "extra is not one of MaTrRec's"),
+    "a weight of the wrong shape": (
+        _weights(lambda w: w.__setitem__("item_embedding.weight", torch.zeros(3, 3))),
+        "item_embedding.weight has the shape [3, 3], where the settings make [31, 8]"),
+    "hidden size far too large": (_json("manifest.json", _set("hidden_size", 2**20, "config")),
+                                  "weights.pt): the saved weights do not fit MaTrRec as "
+                                  "configured: item_embedding.weight has the shape [31, 8], "
+                                  "where the settings make [31, 1048576]"),  # built on meta
+}
 
 
 @pytest.mark.parametrize("case", BUNDLE_CASES)

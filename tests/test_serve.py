@@ -1,6 +1,7 @@
 """The HTTP service as a client sees it: a real server process on a free port, a real client."""
 
 import asyncio
+import gc
 import os
 import signal
 import socket
@@ -160,6 +161,36 @@ def test_a_busy_port_is_a_clear_error(bundle, capsys):
     assert err.startswith("error: --port=") and "on 127.0.0.1 is not free" in err
 
 
+@pytest.mark.parametrize("host, message", [
+    ("", "--host is empty: give an address of this machine"),
+    ("nosuch.invalid", "--host=nosuch.invalid is not an address this machine knows"),
+    ("999.1.1.1", "--host=999.1.1.1 is not an address this machine knows"),
+    ("192.0.2.1", "--host=192.0.2.1: cannot listen there (Cannot assign requested address)"),
+])
+@pytest.mark.parametrize("port", [0, 8123])
+def test_a_host_that_is_not_here_is_a_clear_error_before_the_model_loads(
+        host, message, port, capsys, monkeypatch):
+    from recbole_hybrid.cli import recommend
+
+    monkeypatch.setattr(recommend, "_load", lambda args: pytest.fail("the model was loaded"))
+    code = cli.main(["serve", "--model_file=x.bundle", f"--host={host}", f"--port={port}"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and message in err, err
+
+
+def test_port_0_serves_on_a_free_port_and_says_which(bundle, capsys, monkeypatch):
+    import uvicorn
+
+    from recbole_hybrid.serving import http as serve_module
+
+    ports = []
+    monkeypatch.setattr(uvicorn.Server, "run",
+                        lambda self, sockets: ports.append(sockets[0].getsockname()[1]))
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)
+    serve_module.serve(bundle[1], port=0)
+    assert ports[0] > 0 and f"at http://127.0.0.1:{ports[0]} (POST" in capsys.readouterr().out
+
+
 class _CountingRecommender:
     """Stands in for a Recommender in MicroBatcher: remembers each batch's size."""
 
@@ -203,20 +234,17 @@ def test_a_lone_request_does_not_wait_but_concurrent_ones_do():
 
 def test_serve_keeps_what_it_loaded_out_of_the_garbage_collector(bundle, monkeypatch):
     """Full collections over the loaded model and vocabularies stalled requests for ~0.2 s."""
-    import gc
-
     import uvicorn
 
     from recbole_hybrid.serving import http as serve_module
 
     frozen = []
-    monkeypatch.setattr(uvicorn.Server, "run", lambda self: frozen.append(gc.get_freeze_count()))
+    monkeypatch.setattr(uvicorn.Server, "run",
+                        lambda self, sockets: frozen.append(gc.get_freeze_count()))
     monkeypatch.setattr(torch, "set_num_threads", lambda n: None)
-    try:
-        serve_module.serve(bundle[1], port=free_port())
-    finally:
-        gc.unfreeze()
+    serve_module.serve(bundle[1], port=free_port())
     assert frozen and frozen[0] > 10000, frozen
+    assert gc.get_freeze_count() == 0  # unfrozen once it stops, for the interpreter's last pass
 
 
 # The model takes 5 s per batch and marks when it starts one: a request is surely in flight.

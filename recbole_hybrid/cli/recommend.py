@@ -202,10 +202,7 @@ def _serve(args, overrides):
     from recbole_hybrid.utils.ports import check_port
 
     check_port(args.port, args.host, lowest=0)  # 0: any free port
-    recommender = _load(args)
-    print(f"serving {recommender.name} at http://{args.host}:{args.port} "
-          f"(POST /recommend, GET /health, docs at /docs); Ctrl-C stops", flush=True)
-    serve(recommender, args.host, args.port, args.max_batch, args.max_wait_ms / 1000, args.threads)
+    serve(_load(args), args.host, args.port, args.max_batch, args.max_wait_ms / 1000, args.threads)
 
 
 def _load(args):

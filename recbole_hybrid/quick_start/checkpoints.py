@@ -74,9 +74,14 @@ class _CheckpointUnpickler(pickle.Unpickler):
         return found
 
 
+def _load(file, **kwargs):
+    return _CheckpointUnpickler(file, **kwargs).load()
+
+
 # torch.load's pickle_module: torch subclasses its Unpickler (tensors and storages) and keeps
-# this find_class for every other name
-_checkpoint_pickle = types.SimpleNamespace(Unpickler=_CheckpointUnpickler, load=pickle.load,
+# this find_class for every other name; `load` reads a file that is not a zip (torch's legacy
+# format starts with pickles read by it; a plain pickle is read by it whole)
+_checkpoint_pickle = types.SimpleNamespace(Unpickler=_CheckpointUnpickler, load=_load,
                                            __name__="recbole_hybrid_checkpoint_pickle")
 
 

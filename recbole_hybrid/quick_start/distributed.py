@@ -42,7 +42,7 @@ def check_launch(nproc, world_size, ip, port, offset):
             f"--nproc={nproc} and --world_size={world_size} it must be from 0 to "
             f"{world_size - nproc}"
         )
-    check_port(port, ip if offset == 0 else None)  # rank 0 listens on this node
+    check_port(port, ip if offset == 0 else None, host_flag="--ip")  # rank 0 listens on this node
 
 
 def run_distributed(config, config_files, overrides, nproc, world_size, ip, port, offset):

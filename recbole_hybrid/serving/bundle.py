@@ -11,16 +11,19 @@ A bundle is a zip archive of three members:
 Nothing in it is unpickled, so a bundle from elsewhere is as safe to open as a JSON file.
 """
 
+import collections
 import io
 import json
 import os
+import pickle
+import re
 import zipfile
 
 import torch
 from recbole.utils import get_model
 
 from recbole_hybrid import registry
-from recbole_hybrid.config.values import POSITIVE_INT, VALUE_RULES, require
+from recbole_hybrid.config.values import POSITIVE_INT, VALUE_RULES, Rule, require
 from recbole_hybrid.data.stand_in import StandInDataset
 from recbole_hybrid.errors import BundleError, CheckpointError, OutputError, UserError
 from recbole_hybrid.utils.files import replaced_atomically
@@ -29,6 +32,8 @@ FORMAT = "recbole-hybrid bundle"
 FORMAT_VERSION = 1
 MANIFEST, VOCABULARY, WEIGHTS = "manifest.json", "vocabulary.json", "weights.pt"
 # the most each member may hold, uncompressed: checked before it is read, and while reading
+# sequences are padded to MAX_ITEM_LIST_LENGTH: a longer one is a damaged or crafted setting
+LENGTH = Rule(lambda v: POSITIVE_INT.test(v) and v <= 2**20, "a positive integer up to 2**20")
 SIZE_CAPS = {MANIFEST: 16 * 2**20, VOCABULARY: 2 * 2**30, WEIGHTS: 8 * 2**30}
 
 
@@ -96,8 +101,7 @@ def read_bundle(path, device):
             model_class = _check_manifest(path, manifest)
             vocabulary = json.loads(_member(path, archive, VOCABULARY))
             _check_vocabulary(path, vocabulary)
-            state_dict = torch.load(io.BytesIO(_member(path, archive, WEIGHTS)),
-                                    map_location="cpu", weights_only=True)
+            state_dict = _weights(path, _member(path, archive, WEIGHTS))
     except UserError:
         raise
     except Exception as error:  # a damaged file fails in zipfile, json or torch: one message
@@ -112,7 +116,7 @@ def read_bundle(path, device):
     config = BundleConfig(manifest["config"])
     config.update(device=torch.device(device), MODEL_TYPE=model_class.type)
     model = build_model(model_class, config, len(vocabulary["users"]), len(vocabulary["items"]),
-                        state_dict, device, where=f"{path} ({MANIFEST}, config)")
+                        state_dict, device, bundle=path)
     return model, config, vocabulary["users"], vocabulary["items"], vocabulary["histories"]
 
 
@@ -134,6 +138,18 @@ def _member(path, archive, name):
         return member.read(info.file_size)
 
 
+def _weights(path, content):
+    """The state dict in `content` (weights.pt), read with torch's weights-only reader."""
+    try:
+        return torch.load(io.BytesIO(content), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:  # its text spans a dozen lines: keep the reason
+        reason = re.search(r"WeightsUnpickler error:\s*([^\n]+?)(\. |\n|$)", str(error))
+        raise BundleError(
+            f"{path}: {WEIGHTS} is not a plain state dict of tensors (torch's weights-only "
+            f"reader: {reason.group(1) if reason else 'unreadable'}); nothing in it was run or "
+            "used: export the checkpoint again with `recbole-hybrid export`") from None
+
+
 def _check_manifest(path, manifest):
     """The model class the manifest names; BundleError for a missing or ill-typed field."""
     where = f"{path} ({MANIFEST})"
@@ -144,7 +160,7 @@ def _check_manifest(path, manifest):
     try:
         registry.check_known(manifest["model"])
         config = manifest["config"]
-        require("MAX_ITEM_LIST_LENGTH", config.get("MAX_ITEM_LIST_LENGTH"), POSITIVE_INT)
+        require("MAX_ITEM_LIST_LENGTH", config.get("MAX_ITEM_LIST_LENGTH"), LENGTH)
         for key, rule in VALUE_RULES.items():
             if key in config:
                 require(key, config[key], rule)
@@ -165,6 +181,10 @@ def _check_vocabulary(path, vocabulary):
                 isinstance(t, str) for t in tokens):
             raise BundleError(f"{where}: `{field}` must be a list of tokens (strings), the "
                               "padding first")
+        if len(set(tokens)) < len(tokens):
+            twice = next(t for t, n in collections.Counter(tokens).items() if n > 1)
+            raise BundleError(f"{where}: `{field}` holds the token {twice!r} more than once; "
+                              "each token names one id: export the checkpoint again")
     histories, n_items = vocabulary.get("histories"), len(vocabulary["items"])
     if not isinstance(histories, list) or len(histories) != len(vocabulary["users"]):
         raise BundleError(f"{where}: `histories` must hold one list per user "
@@ -189,13 +209,26 @@ def _check_version(path, manifest):
         )
 
 
-def build_model(model_class, config, n_users, n_items, state_dict, device, where=None):
+def build_model(model_class, config, n_users, n_items, state_dict, device, bundle=None):
     """`model_class(config, StandInDataset)` with `state_dict` loaded, in eval mode on `device`.
-    `n_users`, `n_items`: the sizes of the id fields, padding included; `where`: the file the
-    config comes from, if its settings may be anything (a bundle from elsewhere)."""
+    `n_users`, `n_items`: the sizes of the id fields, padding included; `bundle`: the bundle
+    the config and weights come from, if its settings may be anything. The model is
+    first built on the meta device, which allocates nothing: settings that would ask for more
+    memory than the weights hold, and weights that do not fit, are refused before any is taken."""
+    where = bundle and f"{bundle} ({MANIFEST}, config)"
+    with torch.device("meta"):
+        shapes = {key: tuple(value.shape) for key, value in _construct(
+            model_class, config, n_users, n_items, where).state_dict().items()}
+    _check_weights(model_class.__name__, shapes, state_dict, bundle and f"{bundle} ({WEIGHTS})")
+    model = _construct(model_class, config, n_users, n_items, where)
+    model.load_state_dict(state_dict)
+    return model.to(device).eval()
+
+
+def _construct(model_class, config, n_users, n_items, where):
     name = model_class.__name__
     try:
-        model = model_class(config, StandInDataset(config, n_users, n_items))
+        return model_class(config, StandInDataset(config, n_users, n_items))
     except UserError:
         raise
     except (AttributeError, KeyError) as error:
@@ -205,14 +238,25 @@ def build_model(model_class, config, n_users, n_items, state_dict, device, where
             f"{error}); models that read item features or the training interactions are not "
             "supported"
         ) from None
-    except (TypeError, ValueError, RuntimeError) as error:
+    except (TypeError, ValueError, RuntimeError, NotImplementedError) as error:
         if where is None:
             raise
         raise BundleError(f"{where}: the settings do not build {name} ({type(error).__name__}: "
                           f"{error}); export the checkpoint again") from None
-    try:
-        model.load_state_dict(state_dict)
-    except RuntimeError as error:
+
+
+def _check_weights(name, shapes, state_dict, where=None):
+    """CheckpointError naming the first of the weights' names or shapes that differ from
+    `shapes` (the model's, as its settings build it), and how many differ."""
+    differences = [f"{key} is missing" for key in shapes if key not in state_dict]
+    differences += [f"{key} is not one of {name}'s" for key in state_dict if key not in shapes]
+    differences += [f"{key} has the shape {list(state_dict[key].shape)}, where the settings "
+                    f"make {list(shapes[key])}" for key in shapes
+                    if key in state_dict and tuple(state_dict[key].shape) != shapes[key]]
+    if differences:
+        more = f" ({len(differences) - 1} more differences)" if len(differences) > 1 else ""
         raise CheckpointError(
-            f"the saved weights do not fit {name} as configured: {error}") from None
-    return model.to(device).eval()
+            f"{where + ': ' if where else ''}the saved weights do not fit {name} as configured: "
+            f"{differences[0]}{more}; the weights and the settings come from different models "
+            "(or the dataset changed): export the checkpoint again, or train the model again on "
+            "this dataset")

@@ -30,6 +30,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, StrictBool, StrictInt
 
 from recbole_hybrid.errors import Interrupted, InvalidQueryError, UserError
+from recbole_hybrid.utils.ports import bound
 
 Token = Union[StrictInt, str]
 
@@ -198,16 +199,23 @@ class _Server(uvicorn.Server):
 
 
 def serve(recommender, host="127.0.0.1", port=8000, max_batch=64, max_wait=0.002, threads=1):
-    """Serve `recommender` until interrupted, the model on `threads` torch threads."""
+    """Serve `recommender` until interrupted, the model on `threads` torch threads (port 0:
+    a free port, printed)."""
     torch.set_num_threads(threads)
     app = create_app(recommender, max_batch, max_wait)
-    server = _Server(uvicorn.Config(app, host=host, port=port, access_log=False,
-                                    log_level="warning"), app.state.batcher)
+    server = _Server(uvicorn.Config(app, access_log=False, log_level="warning"),
+                     app.state.batcher)
+    listener = bound(host, port)
+    url = f"http://{host}:{listener.getsockname()[1]}"
     # What is loaded now lives as long as the server: out of the collector's full passes,
     # which otherwise stop every request for about 0.2 s now and then (benchmarks/serve_load.py)
     gc.collect()
     gc.freeze()
+    print(f"serving {recommender.name} at {url} (POST /recommend, GET /health, docs at /docs); "
+          "Ctrl-C stops", flush=True)
     try:
-        server.run()  # re-raises the signal that stopped it, as a KeyboardInterrupt
+        server.run(sockets=[listener])  # raises the signal that stopped it again
     except KeyboardInterrupt:
-        raise Interrupted(f"interrupted: the service at http://{host}:{port} stopped") from None
+        raise Interrupted(f"interrupted: the service at {url} stopped") from None
+    finally:
+        gc.unfreeze()  # frozen objects outlive the interpreter's last collection: "leaked"
