@@ -25,7 +25,8 @@ import numpy as np
 import torch
 
 from recbole_hybrid import registry
-from recbole_hybrid.errors import ConfigError, OutputError, UnknownModelError
+from recbole_hybrid.errors import CheckpointError, ConfigError, OutputError, UnknownModelError
+from recbole_hybrid.quick_start import checkpoint_pickle
 from recbole_hybrid.utils.files import replaced_atomically
 
 # Known noise, silenced before RecBole imports ray: ray 2.6.3 warns about pkg_resources and
@@ -97,17 +98,23 @@ def _fix_checkpoint_loading():
     """torch >= 2.6 loads with weights_only=True; RecBole's checkpoints pickle the Config.
 
     Only calls made from RecBole's own modules (Trainer.evaluate(load_best_model=True),
-    Trainer.resume_checkpoint, load_data_and_model) get weights_only=False: they read the
-    checkpoints RecBole itself wrote. Every other caller keeps torch's default.
+    Trainer.resume_checkpoint, load_data_and_model) get weights_only=False, with the
+    unpickler that resolves only the names a RecBole checkpoint holds (`checkpoint_pickle`):
+    a file naming anything else is a CheckpointError before any of it runs. Every other
+    caller keeps torch's default.
     """
     original = torch.load
 
     @functools.wraps(original)
     def load(f, *args, **kwargs):
         caller = sys._getframe(1).f_globals.get("__name__", "")
-        if "weights_only" not in kwargs and caller.startswith("recbole."):
-            kwargs["weights_only"] = False
-        return original(f, *args, **kwargs)
+        if "weights_only" in kwargs or not caller.startswith("recbole."):
+            return original(f, *args, **kwargs)
+        kwargs.update(weights_only=False, pickle_module=checkpoint_pickle)
+        try:
+            return original(f, *args, **kwargs)
+        except checkpoint_pickle.Refused as refused:
+            raise CheckpointError(checkpoint_pickle.refusal(f, refused)) from None
 
     _patch("checkpoint_loading", torch, "load", load)
 

@@ -86,6 +86,21 @@ def test_trust_checkpoint_reads_the_file_as_it_is(payloads, capsys):
     assert marker.exists()
 
 
+@pytest.mark.parametrize("name", ["config-zip.pth", "whole_file-pickle.pth",
+                                  "state_dict-legacy.bundle"])
+def test_recbole_s_own_loads_refuse_a_payload_too(name, payloads):
+    """compat gives RecBole's torch.load calls (load_data_and_model, a trainer's resume and
+    best-model reload) the same unpickler."""
+    from recbole.quick_start import load_data_and_model
+
+    from recbole_hybrid.errors import CheckpointError
+
+    path, marker = payloads[name]
+    with pytest.raises(CheckpointError, match="which a RecBole checkpoint never holds"):
+        load_data_and_model(str(path))
+    assert not marker.exists()
+
+
 def test_our_own_checkpoint_needs_no_trust(tmp_path):
     """A checkpoint a run wrote (here one of main at 83c32b7) holds only allowed names."""
     path = tmp_path / "MaTrRec.pth"
@@ -278,7 +293,7 @@ def test_a_checkpoint_of_the_wrong_shape_is_one_paragraph(content, tmp_path, cap
 
 
 def test_only_recbole_s_own_names_are_resolved():
-    from recbole_hybrid.quick_start.checkpoints import _allowed
+    from recbole_hybrid.quick_start.checkpoint_pickle import _allowed
 
     assert _allowed("recbole.utils.enum_type", "ModelType") is not None
     assert _allowed("recbole.utils.enum_type", "Enum") is None  # imported there, not RecBole's

@@ -3,86 +3,24 @@
 A checkpoint is the dict RecBole's trainer saves: `config` (RecBole's Config, pickled),
 `epoch`, `cur_step`, `best_valid_score`, `state_dict`, `other_parameter`, `optimizer`.
 
-It is a pickle, and unpickling may call whatever the file names. Torch's `weights_only`
-reader cannot take RecBole's files (they are written with pickle protocol 4, whose opcodes it
-refuses), so they are read here with an unpickler that resolves only the names such a
-checkpoint holds (`_allowed`): RecBole's Config and enums, model classes of RecBole, of this
-package and of registered plugins, tensors, devices, numpy scalars. A file naming anything
-else is refused unless the caller trusts it (`--trust_checkpoint`).
+It is a pickle, read through `checkpoint_pickle` (only the names such a checkpoint holds);
+a file naming anything else is refused unless the caller trusts it (`--trust_checkpoint`).
 """
 
-import importlib
 import os
 import pickle
-import types
 
 import torch
 
-from recbole_hybrid import registry
+from recbole_hybrid.quick_start import checkpoint_pickle
 from recbole_hybrid.config.builder import build_config
 from recbole_hybrid.config.keys import DDP_KEYS
 from recbole_hybrid.errors import CheckpointError
-
-# (module, name) a RecBole checkpoint holds besides model classes and RecBole's enums
-_NAMES = {
-    ("collections", "OrderedDict"), ("torch", "device"), ("torch", "Size"),
-    ("torch._utils", "_rebuild_tensor_v2"), ("torch._utils", "_rebuild_parameter"),
-    ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-    ("recbole.config.configurator", "Config"), ("yaml.loader", "FullLoader"),
-    ("_codecs", "encode"),  # bytes, as pickle protocol 2 writes them
-}
-_MODEL_PACKAGES = ("recbole.model.", "recbole_hybrid.models.")
 
 # What a resumed run may change: anything else would train another model than the checkpoint's.
 RESUMABLE_KEYS = {"epochs", "learning_rate", "weight_decay", "stopping_step", "eval_step",
                   "train_batch_size", "eval_batch_size", "show_progress", "data_path", "state",
                   "gpu_id", "use_gpu", "worker", "mamba_impl"}
-
-
-class Refused(pickle.UnpicklingError):
-    """The pickle names something a RecBole checkpoint never holds."""
-
-
-def _allowed(module, name):
-    """The object `module.name` if a RecBole checkpoint may name it, else None. Only
-    RecBole's, this package's and registered plugins' model modules are imported here."""
-    if (module, name) in _NAMES:
-        return getattr(importlib.import_module(module), name, None)
-    if module == "recbole.utils.enum_type":  # RecBole's enums, not what the module imports
-        found = getattr(importlib.import_module(module), name, None)
-        return found if isinstance(found, type) and found.__module__ == module else None
-    plugin = registry.plugin_class(name)
-    if plugin is not None and plugin.__module__ == module:
-        return plugin
-    if module.startswith(_MODEL_PACKAGES):
-        from recbole.model.abstract_recommender import AbstractRecommender
-
-        try:
-            found = getattr(importlib.import_module(module), name, None)
-        except ImportError:
-            return None
-        if isinstance(found, type) and issubclass(found, AbstractRecommender):
-            return found
-    return None
-
-
-class _CheckpointUnpickler(pickle.Unpickler):
-    def find_class(self, module, name):
-        found = _allowed(module, name)
-        if found is None:
-            raise Refused(f"{module}.{name}")
-        return found
-
-
-def _load(file, **kwargs):
-    return _CheckpointUnpickler(file, **kwargs).load()
-
-
-# torch.load's pickle_module: torch subclasses its Unpickler (tensors and storages) and keeps
-# this find_class for every other name; `load` reads a file that is not a zip (torch's legacy
-# format starts with pickles read by it; a plain pickle is read by it whole)
-_checkpoint_pickle = types.SimpleNamespace(Unpickler=_CheckpointUnpickler, load=_load,
-                                           __name__="recbole_hybrid_checkpoint_pickle")
 
 
 def load_checkpoint(path, or_bundle=False, trust=False):
@@ -93,20 +31,17 @@ def load_checkpoint(path, or_bundle=False, trust=False):
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=False,
-                                pickle_module=pickle if trust else _checkpoint_pickle)
+                                pickle_module=pickle if trust else checkpoint_pickle)
         if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict) \
                 or not hasattr(checkpoint.get("config"), "final_config_dict"):
             raise TypeError("it is not the dict RecBole's trainer saves")
         return checkpoint
-    except Refused as refused:
+    except checkpoint_pickle.Refused as refused:
         advice = ("a bundle (recbole-hybrid export) loads without unpickling anything; if you "
                   "trust where the file comes from, pass --trust_checkpoint "
                   "(Recommender.load(..., trust_checkpoint=True)) to read it as it is"
                   if or_bundle else "pass the .pth file a run wrote into its run folder")
-        raise CheckpointError(
-            f"{path} is a pickle that names {refused}, which a RecBole checkpoint never holds: "
-            f"reading it could run any code it carries, so it was not read; {advice}"
-        ) from None
+        raise CheckpointError(f"{checkpoint_pickle.refusal(path, refused)}; {advice}") from None
     except Exception as error:  # any unreadable file gets the same advice
         raise CheckpointError(
             f"{path} is {'neither a bundle nor' if or_bundle else 'not'} a readable RecBole "
