@@ -180,3 +180,20 @@ def test_markdown_marks_best_and_second_shows_published_and_improvement():
     assert "+11.1%" in row and "+25.0%" in row
     tex = latex.text(grid, records, list(rows.metric_rows(grid, records)))
     assert "\\textbf{0.1000}" in tex and "\\underline{0.0900}" in tex
+
+
+def test_stale_partial_files_are_removed_and_live_ones_kept(tmp_path):
+    from recbole_hybrid.utils.files import remove_stale_partials
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    (tmp_path / "runs" / "r").mkdir(parents=True)
+    stale = [tmp_path / f"table.md.{gone.pid}.partial",
+             tmp_path / "runs" / "r" / f".results.json.{gone.pid}.partial",
+             tmp_path / f"per_user.npz.{gone.pid}.partial.npz"]
+    kept = [tmp_path / f"metrics.png.{os.getpid()}.partial",  # a live process writes it
+            tmp_path / "notes.partial", tmp_path / "table.md"]
+    for path in stale + kept:
+        path.write_text("x")
+    assert sorted(remove_stale_partials(str(tmp_path))) == sorted(map(str, stale))
+    assert all(p.exists() for p in kept) and not any(p.exists() for p in stale)

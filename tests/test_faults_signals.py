@@ -130,3 +130,49 @@ def test_ctrl_c_stops_a_hyperopt_search_and_keeps_its_finished_trials(tiny, work
     assert 1 <= len(records) < 4 and all(r["status"] == "ok" for r in records)
     assert (output / "trials.md").exists() and (output / "best.yaml").exists()
     assert not descendants(process.pid)
+
+
+def test_a_cell_that_finished_as_the_grid_was_killed_is_not_trained_again(tiny, workdir):
+    """SIGKILL of compare as soon as a cell's run wrote results.json (its record may not be
+    appended yet); then a record lost outright. The next compare adopts such runs from their
+    folders, and removes what a killed process left half written."""
+    grid = workdir / "grid.yaml"
+    grid.write_text(yaml.safe_dump({"models": ["SASRec", "GRU4Rec"], "datasets": ["tiny"],
+                                    "metrics": ["hit@10"], "settings": {**tiny, "epochs": 1}}))
+    output = workdir / "out"
+    command = [sys.executable, "-m", "recbole_hybrid", "compare", "--grid", str(grid),
+               "--output", str(output)]
+    finished_runs = lambda: glob.glob(str(output / "runs" / "*" / "results.json"))  # noqa: E731
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not finished_runs():
+        assert time.time() < deadline and process.poll() is None, "no cell finished"
+        time.sleep(0.01)
+    cells = descendants(process.pid)
+    process.kill()
+    process.wait()
+    wait_until(lambda: not any(alive(pid) for pid in cells), timeout=30, what="the cells to stop")
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    stale = output / f"table.md.{gone.pid}.partial"
+    stale.write_text("half a table")
+
+    def records():
+        text = (output / "results.jsonl").read_text() if (output / "results.jsonl").exists() else ""
+        return [json.loads(line) for line in text.splitlines()]
+
+    again = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert len(finished_runs()) == 2, "a finished cell was trained again"
+    assert sorted(r["model"] for r in records()) == ["GRU4Rec", "SASRec"]
+    assert not stale.exists() and "half written" in again.stdout
+
+    kept = [line for line in (output / "results.jsonl").read_text().splitlines()
+            if json.loads(line)["model"] != "GRU4Rec"]
+    (output / "results.jsonl").write_text("\n".join(kept) + "\n")
+    third = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert third.returncode == 0, third.stderr[-2000:]
+    assert "GRU4Rec on tiny had finished without its record" in third.stdout
+    assert len(finished_runs()) == 2 and len(records()) == 2
+    adopted = records()[-1]
+    assert adopted["model"] == "GRU4Rec" and adopted["adopted"] and adopted["test_result"]

@@ -28,7 +28,7 @@ def run_cells(cells, config_files, output, jobs, on_done):
         while pending or running:
             while pending and len(running) < jobs:
                 cell = pending.pop(0)
-                log_file = os.path.join(output, "logs", f"{cell.name}.log")
+                log_file = log_file_of(output, cell)
                 os.makedirs(os.path.dirname(log_file), exist_ok=True)
                 receiver, sender = context.Pipe(duplex=False)
                 process = context.Process(target=_worker, args=(
@@ -53,6 +53,10 @@ def run_cells(cells, config_files, output, jobs, on_done):
     finally:  # an interruption (or an error in on_done): no cell outlives the grid
         for _, process, _ in running.values():
             processes.stop(process)
+
+
+def log_file_of(output, cell):
+    return os.path.join(output, "logs", f"{cell.name}.log")
 
 
 def _worker(parent_pid, cell, config_files, runs_dir, log_file, threads, sender):

@@ -14,11 +14,11 @@ import os
 import time
 
 from recbole_hybrid.compare import results, writers
-from recbole_hybrid.compare.cell_processes import run_cells
+from recbole_hybrid.compare.cell_processes import log_file_of, run_cells
 from recbole_hybrid.compare.grid import Grid, check_grid, check_names
 from recbole_hybrid.config.values import at_least
 from recbole_hybrid.errors import Interrupted, UserError, last_line
-from recbole_hybrid.utils.files import writable_folder, write_text_atomically
+from recbole_hybrid.utils.files import remove_stale_partials, writable_folder, write_text_atomically
 from recbole_hybrid.utils.locks import exclusive
 from recbole_hybrid.utils.processes import sigterm_as_interrupt
 
@@ -45,20 +45,24 @@ def compare(grid, output="comparison", rerun=False, jobs=1, log=print):
 
 def _compare(grid, output, rerun, jobs, log):
     cells = list(grid.cells())
+    for path in remove_stale_partials(output):
+        log(f"note: removed {path}, a file a killed process left half written")
     done = results.latest_of(output, grid)
     todo = [c for c in cells
             if rerun or done.get((c.model, c.dataset, c.seed), {}).get("status") != "ok"]
+    if not rerun:
+        for cell in results.adopt_runs(output, grid, todo, lambda c: log_file_of(output, c)):
+            log(f"note: {cell.describe()} had finished without its record (the grid was "
+                f"stopped as it ended): taken from its run folder, not trained again")
+            todo.remove(cell)
     log(f"{len(cells)} cells, {len(cells) - len(todo)} already done in "
         f"{os.path.join(output, results.RESULTS_FILE)}, {len(todo)} to run"
         + (f", {jobs} at a time" if jobs > 1 and len(todo) > 1 else ""))
     started, finished = time.time(), []
 
     def on_done(cell, outcome, log_file):
-        record = {"model": cell.model, "dataset": cell.dataset, "seed": cell.seed,
-                  "settings_key": grid.settings_key(cell),
-                  "overrides": {k: str(v) for k, v in cell.overrides.items()},
-                  "log_file": log_file, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), **outcome}
-        results.append(output, record)
+        record = results.record_of(grid, cell, outcome, log_file)
+        results.append(output, record)  # first: the tables after it may be interrupted
         finished.append(cell)
         elapsed = time.time() - started
         remaining = (len(todo) - len(finished)) * elapsed / len(finished)  # cells are alike
@@ -98,6 +102,7 @@ def report_only(output, log=print, **choices):
                         "writes it anew") from None
     check_names(grid)
     with _exclusive(output):
+        remove_stale_partials(output)
         results.note_skipped(output, log)
         measured = {m for r in results.read_records(output) for m in r.get("test_result") or {}}
         unknown = [m for m in grid.metrics if measured and m not in measured]

@@ -2,9 +2,16 @@
 appended as the cell ends and never rewritten (see `utils.jsonl`), so an interrupted grid
 resumes where it stopped. A record holds the cell (model, dataset, seed), its settings key,
 `status` ("ok" with the run's result, or "failed" with its error) and the run's figures.
+
+A cell whose run finished (its run folder holds results.json) but whose record was never
+appended (the grid was stopped in between) is adopted from its run folder by `adopt_runs`
+instead of being trained again.
 """
 
+import glob
+import json
 import os
+import time
 
 from recbole_hybrid.utils import jsonl
 
@@ -38,6 +45,44 @@ def latest(records, grid):
         if cell is not None:
             found[(cell.model, cell.dataset, cell.seed)] = record
     return found
+
+
+def record_of(grid, cell, outcome, log_file, finished=None):
+    """The record of `cell` whose run ended with `outcome` ({"status": ...} and the run's
+    result or error)."""
+    return {"model": cell.model, "dataset": cell.dataset, "seed": cell.seed,
+            "settings_key": grid.settings_key(cell),
+            "overrides": {k: str(v) for k, v in cell.overrides.items()},
+            "log_file": log_file, "finished": finished or time.strftime("%Y-%m-%dT%H:%M:%S"),
+            **outcome}
+
+
+def adopt_runs(output, grid, cells, log_file_of):
+    """Append a record for each of `cells` whose finished run lies in `<output>/runs/` (its
+    results.json holds the cell's model, dataset, config files and settings); the latest
+    such run counts. Returns the adopted cells."""
+    runs = []
+    for path in glob.glob(os.path.join(output, "runs", "*", "results.json")):
+        try:
+            with open(path, encoding="utf-8") as f:
+                result = json.load(f)
+        except (OSError, ValueError):
+            continue
+        if isinstance(result, dict):
+            runs.append(result)
+    adopted = []
+    for cell in cells:
+        mine = [r for r in runs if (r.get("model"), r.get("dataset"), r.get("config_files"),
+                                    r.get("overrides")) == (
+            cell.model, cell.dataset, list(grid.config_files),
+            {k: str(v) for k, v in cell.overrides.items()})]
+        mine = [r for r in mine if _is_record({"status": "ok", **r})]
+        if mine:
+            result = max(mine, key=lambda r: str(r.get("finished")))
+            append(output, record_of(grid, cell, {"status": "ok", **result, "adopted": True},
+                                     log_file_of(cell), str(result.get("finished"))))
+            adopted.append(cell)
+    return adopted
 
 
 def append(output, record):

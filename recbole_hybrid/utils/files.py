@@ -5,6 +5,7 @@ one), the first free name beside earlier results, and one sentence for a failed 
 import contextlib
 import errno
 import os
+import re
 
 from recbole_hybrid.errors import OutputError
 
@@ -49,6 +50,33 @@ def replaced_atomically(path, suffix=""):
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.remove(partial)
+
+
+PARTIAL = re.compile(r"\.(\d+)\.partial(\.\w+)?$")  # replaced_atomically's names: pid
+
+
+def remove_stale_partials(folder):
+    """Remove the temporary files of `replaced_atomically` (and of results.json) under
+    `folder` whose process is gone (killed while writing); their paths."""
+    removed = []
+    for root, _, names in os.walk(folder):
+        for name in names:
+            found = PARTIAL.search(name)
+            if found and not _alive(int(found.group(1))):
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(os.path.join(root, name))
+                    removed.append(os.path.join(root, name))
+    return removed
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        pass
+    return True
 
 
 def write_text_atomically(path, text):
