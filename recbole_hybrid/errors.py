@@ -52,6 +52,12 @@ class Interrupted(KeyboardInterrupt):
     (exit code 130). A KeyboardInterrupt, so that `except Exception` never swallows it."""
 
 
+def shown(name, limit=60):
+    """`name` for a message: cut after `limit` characters, saying how long it was."""
+    name = str(name)
+    return name if len(name) <= limit else f"{name[:limit]}... ({len(name)} characters)"
+
+
 def last_line(text):
     """The last non-blank line of an error text (its message after a traceback), or "-"."""
     lines = str(text or "").strip().splitlines()

@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass
 from typing import Optional
 
-from recbole_hybrid.errors import UnknownModelError
+from recbole_hybrid.errors import UnknownModelError, shown
 from recbole_hybrid.utils.paths import recbole_properties
 
 # recbole.model's subpackage of each ModelType (by name: nothing here imports RecBole)
@@ -142,7 +142,7 @@ def unknown_model_message(name):
     close += [m for m in plugin + sequential if m.lower() == name.lower()]
     hint = f" Did you mean '{close[-1]}'?" if close else ""
     return (
-        f"Unknown model '{name}'.{hint} Model names are case-sensitive. "
+        f"Unknown model '{shown(name)}'.{hint} Model names are case-sensitive. "
         f"Models of recbole-hybrid: {', '.join(plugin) or 'none registered'}. "
         f"RecBole's sequential models: {', '.join(sequential)}. "
         "RecBole's general, context-aware and knowledge-aware models are accepted by "

@@ -3,6 +3,7 @@
 import csv
 import glob
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -57,6 +58,40 @@ def test_params_file_errors_say_which_line(tmp_path):
     space = read_params_file(params_file(tmp_path, RANGES))
     assert as_config_values({"n_layers": 2.0, "learning_rate": 0.01}, space) == {
         "n_layers": 2, "learning_rate": 0.01}
+
+
+@pytest.mark.parametrize("text, message", [
+    ("lr uniform nan,1\n", "finite numbers"), ("lr uniform 0,inf\n", "finite numbers"),
+    ("lr loguniform 700,800\n", "bounds from -700 to 700"), ("lr choice [.nan]\n", "finite"),
+    ("lr choice [null]\n", "a list of numbers, words or true/false"),
+    ("lr choice [[1,2]]\n", "a list of numbers"), ("lr choice [0.1,0.2,0.1]\n", "each value once"),
+    ("model choice [SASRec]\n", ":1: model is not searched: a search is of one model, given "
+                                 "with --model"),
+    ("\n# the space\ndataset choice [a]\n", ":3: dataset is not searched"),
+    ("lr choice [" + "1," * 3000 + "2]\n", "... (6003 characters)"),
+])
+def test_params_file_values_that_no_engine_could_search(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        read_params_file(params_file(tmp_path, text))
+
+
+def test_a_bad_value_in_the_params_file_names_its_line_not_a_flag(tmp_path, data_path, workdir):
+    space = params_file(tmp_path, "# rates\nlearning_rate choice [0.01, -1]\n")
+    with pytest.raises(ConfigError, match=re.escape(f"got -1 (set by {space}:2)")):
+        tune("SASRec", "tiny", space, overrides={**SETTINGS, "data_path": data_path})
+
+
+def test_what_the_params_file_reader_accepts_runs_in_hyperopt(tmp_path, data_path, workdir):
+    """RecBole's own parser (which read the file a second time) failed on all of these."""
+    path = tmp_path / "space.hyper"
+    path.write_bytes("\ufeff# the space\r\nlearner\tchoice\t[adam,sgd]  # two\r\n"
+                     "n_layers  choice  [1]\r\nreproducibility choice [true]\r\n".encode())
+    output = str(workdir / "search")
+    tune("SASRec", "tiny", str(path), overrides={**SETTINGS, "epochs": 1, "data_path": data_path},
+         output=output, log=lambda _: None)
+    trials = read_trials(output)
+    assert sorted(t["learner"] for t in trials) == ["adam", "sgd"]
+    assert all(t["status"] == "ok" and t["n_layers"] == "1" for t in trials)
 
 
 def test_bad_search_settings_fail_before_any_trial(tmp_path, data_path, workdir):

@@ -36,22 +36,23 @@ def config_inputs(model, dataset, config_files=(), overrides=None):
     return files, {**defaults, **overrides}
 
 
-def build_config(model, dataset, config_files=(), overrides=None, scope="model"):
+def build_config(model, dataset, config_files=(), overrides=None, scope="model", sources=None):
     """A checked RecBole Config with the precedence above. `scope="model"`: every override
     must be a setting of RecBole or this model; "any": of any model (a grid's shared
-    settings). Keys of config files may always belong to other models."""
+    settings). Keys of config files may always belong to other models. `sources`: where
+    overrides come from, for messages ({key: "file:line"}; default their --key=value)."""
     registry.check_known(model)
     files, config_dict = config_inputs(model, dataset, config_files, overrides)
     file_settings = {path: read_yaml(path) for path in files}
     dataset_keys = file_settings.get(dataset_config_file(dataset), {})
-    sources = {}  # key -> where it was set last, for the messages
+    sources_given, sources = sources, {}  # key -> where it was set last, for the messages
     for path, settings in file_settings.items():
         sources.update(dict.fromkeys(settings, path))
     keys.check_keys(model, sources, "the config files (" + ", ".join(files) + ")",
                     scope="any", dataset_keys=dataset_keys)
     keys.check_keys(model, dict(overrides or {}), "the settings (--key=value)", scope=scope,
                     dataset_keys=dataset_keys)
-    sources.update({key: f"--{key}" for key in overrides or {}})
+    sources.update({key: f"--{key}" for key in overrides or {}}, **(sources_given or {}))
     try:
         typed = {**{k: v for f in file_settings.values() for k, v in f.items()},
                  **Config._convert_config_dict(None, dict(overrides or {}))}  # as RecBole reads them

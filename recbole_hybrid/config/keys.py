@@ -18,7 +18,7 @@ import re
 import yaml
 
 from recbole_hybrid import registry
-from recbole_hybrid.errors import ConfigError
+from recbole_hybrid.errors import ConfigError, shown
 from recbole_hybrid.utils.paths import recbole_folder, recbole_properties
 
 _PACKAGE = os.path.dirname(os.path.dirname(__file__))
@@ -103,10 +103,10 @@ def check_keys(model, settings, where, scope="model", dataset_keys=()):
         close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.75)
         if key in others and scope == "model":
             owners = ", ".join(sorted(others[key])[:4]) or "other RecBole models"
-            reasons.append(f"'{key}' is a setting of {owners}, not of {model}"
+            reasons.append(f"'{shown(key)}' is a setting of {owners}, not of {model}"
                            + (f" (did you mean '{close[0]}'?)" if close else ""))
         else:
-            reasons.append(f"'{key}' is not a setting of RecBole or {model}"
+            reasons.append(f"'{shown(key)}' is not a setting of RecBole or {model}"
                            + (f" (did you mean '{close[0]}'?)" if close else ""))
     raise ConfigError(
         f"unknown setting{'s' if len(unknown) > 1 else ''} in {where}: {'; '.join(reasons)}. "

@@ -2,7 +2,7 @@
 
     HOW_TO_GO_ON: str                     # the advice when a search of it is interrupted
     check_output(setup, resume)           # UserError for an output it must not write into
-    run(setup, space, params_file, algo, max_evals, options, log) -> (trials, interrupted)
+    run(setup, space, algo, max_evals, options, log) -> (trials, interrupted)
 
 `setup` is the search's SearchSetup, `space` its parsed params file, `options` the engine
 flags of `tune` (resume, ray_address, cpus_per_trial, gpus_per_trial, max_failures), and

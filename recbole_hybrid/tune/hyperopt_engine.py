@@ -13,7 +13,7 @@ import hyperopt
 from recbole.trainer import HyperTuning
 
 from recbole_hybrid.errors import UserError, last_line
-from recbole_hybrid.tune.space import as_config_values
+from recbole_hybrid.tune.space import as_config_values, as_params_dict
 from recbole_hybrid.tune.trials import trial_record
 from recbole_hybrid.utils import jsonl
 
@@ -38,6 +38,12 @@ class RecordingHyperTuning(HyperTuning):
                 "valid_score_bigger": result["valid_metric_bigger"],
                 "best_valid_result": result["best_valid_result"],
                 "test_result": result["test_result"]}
+
+    def run(self):
+        """RecBole's run, with hyperopt's progress bar only where show_progress asks for it
+        (each trial is logged as it ends)."""
+        hyperopt.fmin(self.trial, self.space, algo=self.algo, max_evals=self.max_evals,
+                      early_stop_fn=self.early_stop_fn, show_progressbar=self.setup.show_progress)
 
     def trial(self, params):
         try:
@@ -70,12 +76,13 @@ def check_output(setup, resume):
                         "second search would overwrite it: pass another --output")
 
 
-def run(setup, space, params_file, algo, max_evals, options, log):
-    """RecBole's HyperTuning over the params file; (trials, interrupted)."""
+def run(setup, space, algo, max_evals, options, log):
+    """RecBole's HyperTuning over the space read from the params file (not read again by
+    RecBole's own parser, which takes less); (trials, interrupted)."""
     trials_file = os.path.join(setup.output, TRIALS_FILE)
     tuning = RecordingHyperTuning(
         setup, space, trials_file, log,
-        params_file=params_file, algo=algo, max_evals=max_evals,
+        params_dict=as_params_dict(space), algo=algo, max_evals=max_evals,
         early_stop=max(10, max_evals),  # RecBole's default 10 would cut longer searches short
     )
     log(f"hyperopt {algo} search of {setup.model} on {setup.dataset}, "

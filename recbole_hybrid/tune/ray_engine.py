@@ -14,7 +14,7 @@ import os
 import traceback
 
 from recbole_hybrid.errors import UserError
-from recbole_hybrid.tune.space import as_config_values
+from recbole_hybrid.tune.space import as_config_values, as_params_dict
 from recbole_hybrid.tune.trials import trial_record
 from recbole_hybrid.utils.processes import handle_sigterm_as_sigint, start_worker
 
@@ -75,7 +75,7 @@ def trainable(config, setup, space, cpus):
                     **{f"test/{k}": float(v) for k, v in result["test_result"].items()}})
 
 
-def run(setup, space, params_file, algo, max_evals, options, log):
+def run(setup, space, algo, max_evals, options, log):
     """Ray Tune over the space with ASHA; (trials, interrupted), where an interrupted
     search's unfinished trials are in `trials` as such (see check_output for `resume`)."""
     import ray
@@ -181,14 +181,8 @@ def _search_alg(space, algo, mode):
     from ray.tune.search.hyperopt import HyperOptSearch
     from recbole.trainer import HyperTuning
 
-    return HyperOptSearch(space=HyperTuning._build_space_from_dict(_as_dict(space)),
+    return HyperOptSearch(space=HyperTuning._build_space_from_dict(as_params_dict(space)),
                           metric="valid_score", mode=mode)
-
-
-def _as_dict(space):
-    """RecBole's params_dict form of the space, for its own hyperopt translation."""
-    return {kind: {name: list(value) for name, (k, value) in space.items() if k == kind}
-            for kind in {k for k, _ in space.values()}}
 
 
 def _trial(result, space, status, bigger):

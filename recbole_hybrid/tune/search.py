@@ -36,13 +36,13 @@ def tune(model, dataset, params_file, tool="hyperopt", algo="exhaustive", max_ev
         raise ConfigError(f"an exhaustive search needs choices only; {', '.join(ranges)} "
                           "are ranges: use --algo=random or --algo=bayes")
     setup = SearchSetup(model, dataset, config_files, overrides, output)
-    setup.check_space(space, params_file)
+    setup.check_space(space)
     search_engine.check_output(setup, resume)
     writable_folder(setup.output)
     os.makedirs(setup.output, exist_ok=True)
     options = dict(resume=resume, ray_address=ray_address, cpus_per_trial=cpus_per_trial,
                    gpus_per_trial=gpus_per_trial, max_failures=max_failures)
-    trials, interrupted = search_engine.run(setup, space, params_file, algo, max_evals, options, log)
+    trials, interrupted = search_engine.run(setup, space, algo, max_evals, options, log)
     best = trial_files.write_outputs(setup, trials)
     done = sum(t["status"] == "ok" for t in trials)
     best_text = (f"; best valid {setup.valid_metric} {best['best_valid_score']:.4f} with "

@@ -14,7 +14,7 @@ from recbole_hybrid.tune.space import as_config_values
 
 class SearchSetup:
     """model, dataset, config_files (absolute), overrides (typed, data_path absolute),
-    valid_metric, bigger (its direction), output and runs_dir (absolute)."""
+    valid_metric, bigger (its direction), show_progress, output and runs_dir (absolute)."""
 
     def __init__(self, model, dataset, config_files=(), overrides=None, output="tuning"):
         self.output = os.path.abspath(output)
@@ -28,19 +28,21 @@ class SearchSetup:
         self.overrides = {**config._convert_config_dict(dict(overrides or {})),
                           "data_path": os.path.dirname(os.path.abspath(config["data_path"]))}
         self.valid_metric = config["valid_metric"]
+        self.show_progress = bool(config["show_progress"])
         self.bigger = config["valid_metric_bigger"]
         self.runs_dir = os.path.join(self.output, "runs")
 
-    def check_space(self, space, params_file):
-        """Every parameter is a setting of the model, and its extreme values are accepted."""
-        check_keys(self.model, space, f"the params file {params_file}")
+    def check_space(self, space):
+        """Every parameter of the params file's Space is a setting of the model, and its
+        extreme values are accepted (a message names the file's line)."""
+        check_keys(self.model, space, f"the params file {space.path}")
         for name, (kind, value) in space.items():
             points = (value if kind == "choice" else
                       [math.exp(v) for v in value[:2]] if kind == "loguniform" else value[:2])
             for point in points:
                 point = as_config_values({name: point}, space)
                 build_config(self.model, self.dataset, self.config_files,
-                             {**self.overrides, **point})
+                             {**self.overrides, **point}, sources={name: space.where(name)})
 
     def run_trial(self, params, callback=None):
         """One trial: a run with `params` on top of the fixed settings; its result dict."""
