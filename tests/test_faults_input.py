@@ -106,6 +106,48 @@ def test_broken_yaml_names_the_file_and_line(capsys, sasrec, workdir):
     assert "`models` must be a list" in capsys.readouterr().err
 
 
+GRID_FAULTS = {
+    "model settings a number": ("model_settings: {SASRec: 5}",
+                                "`model_settings` of SASRec must map settings to values"),
+    "dataset settings a list": ("dataset_settings: {tiny: [1]}", "`dataset_settings` of tiny"),
+    "dataset settings empty": ("dataset_settings: {tiny: }", "got None"),
+    "a model a number": ("models: [SASRec, 1]", "`models` must list names, got 1"),
+    "a dataset null": ("datasets: [tiny, null]", "`datasets` must list names, got None"),
+    "a metric a number": ("metrics: [1]", "`metrics` must list names"),
+    "a settings key a number": ("settings: {1: 2}", "the keys of `settings` must be names"),
+    "a model twice": ("models: [SASRec, GRU4Rec, SASRec]", "`models` lists SASRec twice"),
+    "a dataset twice": ("datasets: [tiny, tiny]", "`datasets` lists tiny twice"),
+    "a second seed out of range": ("seeds: [1, -5]", "from 0 to 2**32 - 1"),
+    "a seed too large": ("seeds: [1, 4294967296]", "got [1, 4294967296]"),
+    "a name too long for a file": ("datasets: [" + "d" * 240 + "]", "longer than file systems take"),
+}
+
+
+@pytest.mark.parametrize("case", GRID_FAULTS)
+def test_every_grid_value_is_checked_before_the_first_cell(case, capsys, tiny, workdir):
+    line, fragment = GRID_FAULTS[case]
+    defaults = {"models": "models: [SASRec]", "datasets": "datasets: [tiny]"}
+    defaults.pop(line.split(":")[0], None)
+    grid = workdir / "grid.yaml"
+    grid.write_text("\n".join([*defaults.values(), line]) + "\n")
+    code = cli.main(["compare", "--grid", str(grid), "--output", "out",
+                     f"--data_path={tiny['data_path']}"])
+    assert_one_paragraph(code, capsys.readouterr().err, fragment)
+    assert not os.path.exists(workdir / "out" / "runs")
+
+
+def test_a_seed_count_in_the_billions_and_a_damaged_grid_json(capsys, tiny, workdir):
+    code = cli.main(["compare", "--models=SASRec", "--datasets=tiny", "--seeds", "3000000000"])
+    assert_one_paragraph(code, capsys.readouterr().err, "at most 1000 seeds")
+    for content, fragment in (('{"models": 5, "datasets": ["tiny"]}', "`models` must be a list"),
+                              ('{"models": ["SASRec"], "datasets": ["tiny"], "seeds": [-1]}',
+                               "`seeds` must be"), ("[1]", "damaged")):
+        os.makedirs("done", exist_ok=True)
+        (workdir / "done" / "grid.json").write_text(content)
+        code = cli.main(["compare", "--report", "done"])
+        assert_one_paragraph(code, capsys.readouterr().err, "grid.json is damaged", fragment)
+
+
 @pytest.mark.parametrize("flags_, fragment", [
     (["--nproc=0"], "--nproc=0"),
     (["--world_size=0"], "--world_size=0"),

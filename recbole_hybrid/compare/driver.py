@@ -15,7 +15,7 @@ import time
 
 from recbole_hybrid.compare import results, writers
 from recbole_hybrid.compare.cell_processes import log_file_of, run_cells
-from recbole_hybrid.compare.grid import Grid, check_grid, check_names
+from recbole_hybrid.compare.grid import Grid, check_grid, check_names, check_spec
 from recbole_hybrid.config.values import at_least
 from recbole_hybrid.errors import Interrupted, UserError, last_line
 from recbole_hybrid.utils.files import remove_stale_partials, writable_folder, write_text_atomically
@@ -95,7 +95,9 @@ def report_only(output, log=print, **choices):
                         "--output folder of an earlier `recbole-hybrid compare`")
     try:
         with open(path, encoding="utf-8") as f:
-            grid = Grid(**{**json.load(f), **{k: v for k, v in choices.items() if v}})
+            spec = {**json.load(f), **{k: v for k, v in choices.items() if v}}
+        check_spec(spec, GRID_FILE)
+        grid = Grid(**spec)
     except (ValueError, TypeError) as error:
         raise UserError(f"{path} is damaged or from another version ({error}); run the same "
                         "`recbole-hybrid compare` again (finished cells are kept), which "

@@ -25,10 +25,11 @@ from recbole_hybrid import registry
 from recbole_hybrid.config.files import read_yaml
 from recbole_hybrid.config.keys import check_keys
 from recbole_hybrid.config.values import at_least, computed_metrics
-from recbole_hybrid.errors import ConfigError, UserError
+from recbole_hybrid.errors import ConfigError, UserError, shown
 
 DEFAULT_MODELS = ["GRU4Rec", "NARM", "SASRec", "NextItNet", "BERT4Rec", "SINE", "CORE",
                   "Mamba4Rec", "MaTrRec", "MLSA4Rec", "LightSANs"]
+MAX_SEEDS = 1000
 GRID_KEYS = {"models", "datasets", "seeds", "config_files", "settings", "model_settings",
              "dataset_settings", "ours", "baselines", "metrics"}
 
@@ -98,11 +99,7 @@ def load_grid(path=None, models=None, datasets=None, config_files=(), overrides=
         if unknown:
             raise ConfigError(f"{path}: unknown keys {sorted(unknown)}; a grid file takes "
                               f"{', '.join(sorted(GRID_KEYS))}")
-    for key, kind in (("models", list), ("datasets", list), ("config_files", list),
-                      ("settings", dict), ("model_settings", dict), ("dataset_settings", dict),
-                      ("baselines", list), ("metrics", list), ("seeds", list), ("ours", str)):
-        if spec.get(key) is not None and not isinstance(spec[key], kind):
-            raise ConfigError(f"{path}: `{key}` must be a {kind.__name__}, got {spec[key]!r}")
+    _check_kinds(spec, path)
     for key in ("models", "metrics"):
         if spec.get(key) == []:
             raise ConfigError(f"{path}: `{key}` is an empty list; give at least one, or leave "
@@ -115,20 +112,67 @@ def load_grid(path=None, models=None, datasets=None, config_files=(), overrides=
     spec["settings"] = {**(spec.get("settings") or {}), **(overrides or {})}
     if isinstance(choices.get("seeds"), int):  # --seeds N: N seeds from the settings' seed on
         at_least("--seeds", choices["seeds"])
+        if choices["seeds"] > MAX_SEEDS:
+            raise ConfigError(f"--seeds {choices['seeds']}: at most {MAX_SEEDS} seeds (each is "
+                              "a training run of every cell)")
         first = spec["settings"].get("seed", 2020)
         if not str(first).lstrip("-").isdigit():
             raise ConfigError(f"seed must be an integer, got {first!r}")
         choices["seeds"] = [int(first) + i for i in range(choices["seeds"])]
     spec.update({k: v for k, v in choices.items() if v})
-    if spec.get("seeds") is not None:
-        seeds = spec["seeds"]
-        if not seeds or not all(isinstance(x, int) and not isinstance(x, bool) for x in seeds) \
-                or len(set(seeds)) != len(seeds):
-            raise ConfigError(f"{path or 'the grid'}: `seeds` must be distinct integers, got "
-                              f"{seeds!r} (or --seeds N for N seeds)")
+    check_spec(spec, path or "the grid")
     grid = Grid(**spec)
     check_names(grid)  # a typo fails now, not as a failed cell hours later
     return grid
+
+
+def _check_kinds(spec, where):
+    for key, kind in (("models", list), ("datasets", list), ("config_files", list),
+                      ("settings", dict), ("model_settings", dict), ("dataset_settings", dict),
+                      ("baselines", list), ("metrics", list), ("seeds", list), ("ours", str)):
+        if spec.get(key) is not None and not isinstance(spec[key], kind):
+            raise ConfigError(f"{where}: `{key}` must be a {kind.__name__}, got "
+                              f"{shown(repr(spec[key]))}")
+
+
+def check_spec(spec, where):
+    """ConfigError unless every value of a grid's fields (from a file, flags or grid.json)
+    has the type and range a cell needs: before any cell runs, not as an internal error."""
+    _check_kinds(spec, where)
+    for key in ("models", "datasets", "baselines", "metrics", "config_files"):
+        for value in spec.get(key) or []:
+            if not isinstance(value, str) or not value.strip():
+                raise ConfigError(f"{where}: `{key}` must list names, got {shown(repr(value))}")
+    for key in ("models", "datasets"):
+        twice = [v for v in spec.get(key) or [] if spec[key].count(v) > 1]
+        if twice:
+            raise ConfigError(f"{where}: `{key}` lists {shown(twice[0])} twice; its cells would "
+                              "be trained twice with the same settings: list it once")
+    for key in ("settings", "model_settings", "dataset_settings"):
+        for name, value in (spec.get(key) or {}).items():
+            if not isinstance(name, str):
+                raise ConfigError(f"{where}: the keys of `{key}` must be names, got {name!r}")
+            if key != "settings" and not isinstance(value, dict):
+                raise ConfigError(f"{where}: `{key}` of {shown(name)} must map settings to "
+                                  f"values (e.g. {{epochs: 50}}), got {shown(repr(value))}")
+    seeds = spec.get("seeds")
+    if seeds is not None and (
+            not isinstance(seeds, list) or not seeds or len(seeds) > MAX_SEEDS
+            or not all(type(s) is int and 0 <= s < 2**32 for s in seeds)
+            or len(set(seeds)) != len(seeds)):
+        raise ConfigError(f"{where}: `seeds` must be 1 to {MAX_SEEDS} distinct integers from 0 "
+                          f"to 2**32 - 1 (numpy's range), got {shown(seeds)} (or --seeds N "
+                          "for N seeds)")
+    if spec.get("ours") is not None and not isinstance(spec["ours"], str):
+        raise ConfigError(f"{where}: `ours` must be a model name, got {spec['ours']!r}")
+    for model in spec.get("models") or []:
+        for dataset in spec.get("datasets") or []:
+            # the longest file name a cell writes: its run folder, a second in the same second
+            longest = f"{model}-{dataset}-seed{2**32}-20261231-235959-99.log"
+            if len(longest.encode()) > 255:
+                raise ConfigError(f"{where}: {shown(model)} on {shown(dataset)}: the names make "
+                                  "file names longer than file systems take (255 bytes); "
+                                  "use a shorter dataset name")
 
 
 def check_grid(grid):
