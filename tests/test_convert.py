@@ -58,6 +58,12 @@ def test_each_format_writes_typed_atomic_files(fmt, text, compress, tmp_path):
         assert lines[1:] == ["1\t10\t0", "1\t20\t1", "2\t10\t0"]
 
 
+def test_sequences_take_ids_of_letters_digits_and_common_marks(tmp_path):
+    source = write(tmp_path / "raw", "A1B2 B00X.Y-1 item_7 dé:3@x/y+z\n")
+    path, rows = convert(source, "demo", "sequences", str(tmp_path / "data"))
+    assert rows == 3
+
+
 @pytest.mark.parametrize("fmt,text,message", [
     ("movielens", "1::10::5::978300760\n1::20::5\n", r"line 2: expected 4 fields separated by '::'"),
     ("movielens", "1::10::five::978300760\n", r"line 1: rating 'five' is not a number"),
@@ -65,6 +71,10 @@ def test_each_format_writes_typed_atomic_files(fmt, text, compress, tmp_path):
     ("amazon-json", '{"reviewerID": "A1", "asin": "B1"}\n', r"line 1: missing unixReviewTime"),
     ("amazon-json", "not json\n", r"line 1: not a JSON object"),
     ("sequences", "1 10 20\n2\n", r"line 2: expected a user followed by at least one item"),
+    ("sequences", '{"reviewerID": "A1", "asin": "B1", "unixReviewTime": 1}\n',
+     r"""line 1: '\{"reviewerID":' is not an id .* it looks like JSON: --format=amazon-json\?"""),
+    ("sequences", "A1,B1,5.0,1\n", r"line 1: 'A1,B1,5.0,1' is not an id .* looks like CSV"),
+    ("sequences", "u1 i1 i2\nu2 i1 'i3'\n", r"line 2: \"'i3'\" is not an id"),
 ])
 def test_malformed_rows_are_reported_by_line(fmt, text, message, tmp_path):
     source = write(tmp_path / "raw", text)

@@ -18,9 +18,10 @@ import gzip
 import json
 import math
 import os
+import re
 import zlib
 
-from recbole_hybrid.errors import MalformedInputError, OutputError, UserError
+from recbole_hybrid.errors import MalformedInputError, OutputError, UserError, shown
 from recbole_hybrid.utils.files import describe_os_error, replaced_atomically, writable_folder
 
 HEADER = "user_id:token\titem_id:token\ttimestamp:float\n"
@@ -55,13 +56,23 @@ def _amazon_json(line):
              _number(str(review["unixReviewTime"]), "unixReviewTime"))]
 
 
+ID = re.compile(r"[\w.:@/+-]+")  # what a user or item id of a sequences file may hold
+
+
 def _sequences():
-    """A parser of `user item_1 item_2 ...` lines; a user on several lines continues the
-    positions of their earlier lines, so their history keeps the file's order."""
+    """A parser of `user item_1 item_2 ...` lines (ids of letters, digits and _.:@/+-); a
+    user on several lines continues the positions of their earlier lines, so their history
+    keeps the file's order."""
     next_position = {}
 
     def parse(line):
         fields = line.split()
+        odd = next((f for f in fields if not ID.fullmatch(f)), None)
+        if odd is not None:
+            guess = ("; it looks like JSON: --format=amazon-json?" if line.startswith("{") else
+                     "; it looks like CSV: --format=amazon-csv?" if "," in line else "")
+            raise ValueError(f"{shown(odd)!r} is not an id (ids are letters, digits and "
+                             f"_.:@/+-, separated by spaces){guess}")
         if len(fields) < 2:
             raise ValueError("expected a user followed by at least one item")
         user, items = fields[0], fields[1:]
@@ -145,9 +156,9 @@ def _write(source, parse, path):
                 out.write(f"{user}\t{item}\t{_timestamp_text(timestamp)}\n")
                 rows += 1
     if problems:
-        shown = "; ".join(problems[:MAX_REPORTED])
+        listed = "; ".join(problems[:MAX_REPORTED])
         more = f" (and {len(problems) - MAX_REPORTED} more)" if len(problems) > MAX_REPORTED else ""
-        raise MalformedInputError(f"{source}: {len(problems)} malformed rows, nothing written: {shown}{more}")
+        raise MalformedInputError(f"{source}: {len(problems)} malformed rows, nothing written: {listed}{more}")
     if rows == 0:
         raise MalformedInputError(f"{source}: no interactions found")
     return rows
