@@ -5,7 +5,7 @@ The same as `recbole-hybrid run`; see `python run_recbole_hybrid.py --help`.
 
 import sys
 
-from recbole_hybrid.cli import main
+from recbole_hybrid.cli import console
 
 if __name__ == "__main__":
-    sys.exit(main(["run"] + sys.argv[1:]))
+    sys.exit(console(["run"] + sys.argv[1:]))

@@ -2,6 +2,6 @@
 
 import sys
 
-from recbole_hybrid.cli import main
+from recbole_hybrid.cli import console
 
-sys.exit(main())
+sys.exit(console())

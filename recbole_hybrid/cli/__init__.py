@@ -7,13 +7,14 @@ import argparse
 import datetime
 import errno
 import os
+import signal
 import sys
 import tempfile
 import traceback
 
 from recbole_hybrid.errors import Interrupted, UserError, last_line
 from recbole_hybrid.cli.common import config_files, no_settings, print_line, subparser
-from recbole_hybrid.utils.processes import sigterm_as_interrupt
+from recbole_hybrid.utils.processes import handle_sigterm_as_sigint, sigterm_as_interrupt
 
 EXIT_USER_ERROR, EXIT_INTERNAL_ERROR, EXIT_INTERRUPTED = 2, 1, 130
 # the machine's, not the code's: a full disk, a file or folder the user may not read or write
@@ -221,10 +222,35 @@ def parse_overrides(arguments):
     return overrides
 
 
+def console(argv=None):
+    """The `recbole-hybrid` program: `main`, after which a Ctrl-C or SIGTERM while Python
+    exits (Ray's and the worker threads' atexit handlers) ends it at once, quietly, with 130."""
+    try:
+        code = main(argv)
+    except KeyboardInterrupt:  # another Ctrl-C as main returned from the first
+        code = EXIT_INTERRUPTED
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: os._exit(EXIT_INTERRUPTED))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    return code
+
+
 def main(argv=None):
     """The command line; returns the exit code: 0 done, 2 bad input (one paragraph on
     stderr), 130 interrupted (what was kept and how to go on), 1 internal error (its
-    traceback in a file named on stderr, and on the console with --debug)."""
+    traceback in a file named on stderr, and on the console with --debug). Ctrl-C and
+    SIGTERM are handled from the start, the heavy imports (torch, RecBole, Ray) included."""
+    with sigterm_as_interrupt():
+        try:
+            return _command(argv)
+        except KeyboardInterrupt as interruption:
+            message = str(interruption) if isinstance(interruption, Interrupted) else "interrupted"
+            print(message, file=sys.stderr)
+            return EXIT_INTERRUPTED
+
+
+def _command(argv):
     parser = _Parser(prog="recbole-hybrid", allow_abbrev=False)
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_run_parser(subparsers)
@@ -240,37 +266,33 @@ def main(argv=None):
     earlier_log = log_file()  # an earlier run's log in this process is not this command's
     if args.command != "convert":
         _import_ray()
-    with sigterm_as_interrupt():
-        try:
-            args.handler(args, parse_overrides(extra))
-        except UserError as error:
-            print(f"error: {error}", file=sys.stderr)
-            return EXIT_USER_ERROR
-        except KeyboardInterrupt as interruption:
-            message = str(interruption) if isinstance(interruption, Interrupted) else "interrupted"
-            print(message, file=sys.stderr)
-            return EXIT_INTERRUPTED
-        except OSError as error:
-            if error.errno not in ENVIRONMENT_ERRNOS:
-                return _internal_error(error, args.debug, earlier_log)
-            advice = ("free some space and run again" if error.errno in (errno.ENOSPC, errno.EDQUOT)
-                      else "check its permissions, or pass another path")
-            print(f"error: {error.filename or 'a file'}: {error.strerror}; {advice}", file=sys.stderr)
-            return EXIT_USER_ERROR
-        except Exception as error:
+    try:
+        args.handler(args, parse_overrides(extra))
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except OSError as error:
+        if error.errno not in ENVIRONMENT_ERRNOS:
             return _internal_error(error, args.debug, earlier_log)
+        advice = ("free some space and run again" if error.errno in (errno.ENOSPC, errno.EDQUOT)
+                  else "check its permissions, or pass another path")
+        print(f"error: {error.filename or 'a file'}: {error.strerror}; {advice}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except Exception as error:
+        return _internal_error(error, args.debug, earlier_log)
     return 0
 
 
 def _import_ray():
-    """Import Ray (RecBole's quick_start does, for every command but convert) before our
-    SIGTERM handler goes in: Ray installs its own on import, which would replace ours."""
+    """Import Ray (RecBole's quick_start does, for every command but convert), then put our
+    SIGTERM handler back: Ray installs its own on import (one that exits 15, silently)."""
     from recbole_hybrid import compat  # noqa: F401  (silences Ray's import-time warnings)
 
     try:
         import ray  # noqa: F401
     except ImportError:
         pass
+    handle_sigterm_as_sigint()
 
 
 def _internal_error(error, debug, earlier_log):
