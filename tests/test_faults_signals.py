@@ -208,3 +208,33 @@ def test_ctrl_c_again_and_again_ends_quietly(tiny, workdir):
     assert process.returncode in (130, -signal.SIGINT), err[-2000:]
     assert "Traceback" not in err and "Exception ignored" not in err, err[-2000:]
     assert err.count("interrupted") == 1, err[-2000:]
+
+
+def test_kill_9_of_a_ray_search_ends_every_ray_process(tiny, workdir):
+    """What the README says: after kill -9 of a Ray tune driver, its trials stop within a
+    few seconds; Ray's dashboard agent, which computes nothing, about a minute later."""
+    params = workdir / "space.hyper"
+    params.write_text("learning_rate choice [0.01,0.005]\n")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "recbole_hybrid", "tune", "--model=SASRec", "--dataset=tiny",
+         "--tool=ray", "--algo=random", "--max_evals=2", "--params_file", str(params),
+         "--output", str(workdir / "search"), *flags(dict(tiny, epochs=300, stopping_step=300))],
+        cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_until(lambda: glob.glob(str(workdir / "search" / "runs" / "*" / "*.pth")), timeout=300,
+               what="a trial's first checkpoint")
+    ray_processes = descendants(process.pid)
+
+    def command_line(pid):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                return f.read().decode(errors="replace")
+        except OSError:
+            return ""
+    trials = {pid for pid in ray_processes if command_line(pid).startswith("ray::")}
+    assert trials
+    process.kill()
+    process.wait()
+    wait_until(lambda: not any(alive(pid) for pid in trials), timeout=15,
+               what="the trials to stop")
+    wait_until(lambda: not any(alive(pid) for pid in ray_processes), timeout=120,
+               what="every Ray process to end")
