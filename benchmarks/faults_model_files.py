@@ -12,7 +12,6 @@ neither one paragraph nor accepted.
     python benchmarks/faults_model_files.py
 """
 
-import contextlib
 import io
 import itertools
 import json
@@ -22,14 +21,13 @@ import pickle
 import socket
 import struct
 import subprocess
-import sys
 import tempfile
 import time
 import zipfile
 
 import torch
 
-from recbole_hybrid import cli
+from fault_common import one_paragraph, print_table, run
 
 OLD = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                    "tests", "data", "main-83c32b7")
@@ -228,22 +226,6 @@ def option_cases(folder):
             yield "model files that are not files", f"{name} / {command}", COMMANDS[command](path)
 
 
-def run(argv):
-    """(exit code, stderr) of `recbole-hybrid argv` in this process."""
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        try:
-            code = cli.main(argv)
-        except SystemExit as exit:  # argparse's errors
-            code = exit.code
-    return code, err.getvalue()
-
-
-def one_paragraph(code, err):
-    lines = err.strip().splitlines()
-    return code == 2 and len(lines) == 1 and lines[0].startswith("error: ")
-
-
 def main():
     from recbole_hybrid.serving import http
 
@@ -291,12 +273,8 @@ def main():
                 count(kind, name, COMMANDS[command](path))
         for kind, name, argv in option_cases(folder):
             count(kind, name, argv)
-    print(f"{sum(r[0] for r in rows.values())} cases in {time.time() - started:.0f} s "
-          f"(torch {torch.__version__}, Python {sys.version.split()[0]})\n")
-    print("| case class | cases tried | one paragraph | accepted | internal error | code ran |")
-    print("| --- | --- | --- | --- | --- | --- |")
-    for kind, row in rows.items():
-        print("| " + " | ".join([kind, *map(str, row)]) + " |")
+    print_table(rows, ["cases tried", "one paragraph", "accepted", "internal error", "code ran"],
+                started, f"torch {torch.__version__}")
     print("\nneither one paragraph nor accepted, or code ran:" if failures else
           "\nevery case one paragraph or accepted, no code ran")
     for failure in failures:
