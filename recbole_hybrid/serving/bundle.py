@@ -31,10 +31,10 @@ from recbole_hybrid.utils.files import replaced_atomically
 FORMAT = "recbole-hybrid bundle"
 FORMAT_VERSION = 1
 MANIFEST, VOCABULARY, WEIGHTS = "manifest.json", "vocabulary.json", "weights.pt"
-# the most each member may hold, uncompressed: checked before it is read, and while reading
+# the most each member may hold, uncompressed: checked before it is read, and read no further
+SIZE_CAPS = {MANIFEST: 16 * 2**20, VOCABULARY: 2 * 2**30, WEIGHTS: 8 * 2**30}
 # sequences are padded to MAX_ITEM_LIST_LENGTH: a longer one is a damaged or crafted setting
 LENGTH = Rule(lambda v: POSITIVE_INT.test(v) and v <= 2**20, "a positive integer up to 2**20")
-SIZE_CAPS = {MANIFEST: 16 * 2**20, VOCABULARY: 2 * 2**30, WEIGHTS: 8 * 2**30}
 
 
 class BundleConfig(dict):
