@@ -197,8 +197,9 @@ BUNDLE_CASES = {
     "weights naming a function": (lambda m: {**m, "weights.pt": _saved({"w": Payload("x")})},
                                   "weights.pt is not a plain state dict of tensors (torch's "
                                   "weights-only reader: Unsupported global: GLOBAL io.open"),
-    "weights of random bytes": (lambda m: {**m, "weights.pt": b"\x80\x02" + os.urandom(99)},
-                                "weights.pt is not a plain state dict of tensors"),
+    "weights not a pickle": (lambda m: {**m, "weights.pt": b"\x80\x02garbage" * 10},
+                             "weights.pt is not a plain state dict of tensors (torch's "
+                             "weights-only reader: Unsupported operand 103)"),
     "a weight missing": (_weights(lambda w: w.pop("item_embedding.weight")),
                          "do not fit MaTrRec as configured: item_embedding.weight is missing"),
     "a weight more": (_weights(lambda w: w.__setitem__("extra", torch.zeros(1))),
