@@ -16,7 +16,9 @@ import yaml
 from conftest import TINY_SASREC, free_port
 from recbole_hybrid.errors import ConfigError, UserError
 from recbole_hybrid.quick_start.runner import run
+from recbole_hybrid.compare.grid import DEFAULT_MODELS
 from recbole_hybrid.tune import as_config_values, read_params_file, tune
+from recbole_hybrid.tune.search_setup import SearchSetup
 
 SETTINGS = {**TINY_SASREC, "epochs": 3, "seed": 7}
 CHOICES = "learning_rate choice [0.01, 0.003]\nn_layers choice [1,2]\n"
@@ -42,6 +44,17 @@ def assert_best_yaml_reproduces(output, score, workdir):
     assert settings["model"] == "SASRec" and settings["dataset"] == "tiny"
     again = run(config_files=[best], output_dir=str(workdir / "again"))
     assert again["model"] == "SASRec" and again["best_valid_score"] == pytest.approx(score, abs=1e-4)
+
+
+@pytest.mark.parametrize("model", DEFAULT_MODELS)
+def test_every_compared_model_ships_a_space_over_its_own_settings(model, data_path, tmp_path):
+    """The models the papers compare (ours and the baselines) each have a params file in
+    properties/hyper/ whose every value that model's configuration accepts."""
+    space = read_params_file(f"properties/hyper/{model}.hyper")
+    assert space["learning_rate"][0] == "loguniform" and len(space) >= 4
+    setup = SearchSetup(model, "tiny", overrides={"data_path": data_path, "MAX_ITEM_LIST_LENGTH": 10},
+                        output=str(tmp_path / "search"))
+    setup.check_space(space)
 
 
 def test_params_file_errors_say_which_line(tmp_path):

@@ -14,7 +14,8 @@ import traceback
 
 from recbole_hybrid.errors import Interrupted, UserError, last_line
 from recbole_hybrid.cli.common import config_files, no_settings, print_line, subparser
-from recbole_hybrid.utils.processes import handle_sigterm_as_sigint, sigterm_as_interrupt
+from recbole_hybrid.utils.processes import (
+    handle_sigterm_as_sigint, sigterm_as_interrupt, signals_held)
 
 EXIT_USER_ERROR, EXIT_INTERNAL_ERROR, EXIT_INTERRUPTED = 2, 1, 130
 # the machine's, not the code's: a full disk, a file or folder the user may not read or write
@@ -166,7 +167,9 @@ def _add_tune_parser(subparsers):
     parser.add_argument("--output", default="tuning", help="output folder (default tuning/)")
     parser.add_argument("--ray_address", default=None,
                         help="join a running Ray cluster (e.g. 10.0.0.1:6379); default: a local Ray")
-    parser.add_argument("--resume", action="store_true", help="continue the Ray experiment in --output")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the search in --output (hyperopt: its finished trials "
+                        "are kept; Ray: its experiment is restored)")
     parser.add_argument("--cpus_per_trial", type=int, default=1)
     parser.add_argument("--gpus_per_trial", type=float, default=None,
                         help="Ray: GPUs per trial (default 1 where the cluster has GPUs; 0.5 shares one)")
@@ -284,15 +287,18 @@ def _command(argv):
 
 
 def _import_ray():
-    """Import Ray (RecBole's quick_start does, for every command but convert), then put our
-    SIGTERM handler back: Ray installs its own on import (one that exits 15, silently)."""
-    from recbole_hybrid import compat  # noqa: F401  (silences Ray's import-time warnings)
+    """Import torch, RecBole and Ray (RecBole's quick_start does, for every command but
+    convert) with Ctrl-C and SIGTERM held until done (one landing inside torch's import
+    aborts Python), and put our SIGTERM handler back first: Ray installs its own on import
+    (one that exits 15, silently)."""
+    with signals_held():
+        from recbole_hybrid import compat  # noqa: F401  (silences Ray's import-time warnings)
 
-    try:
-        import ray  # noqa: F401
-    except ImportError:
-        pass
-    handle_sigterm_as_sigint()
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            pass
+        handle_sigterm_as_sigint()
 
 
 def _internal_error(error, debug, earlier_log):

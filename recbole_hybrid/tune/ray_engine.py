@@ -201,6 +201,7 @@ def _trial(result, space, status, bigger):
         "best_valid_score": float(final["valid_score"] if final.get("final") else best_reported),
         "test_result": {k[5:]: v for k, v in final.items() if k.startswith("test/")},
         "results_file": final.get("results_file"),
+        "epochs_run": len(scores), "seconds": final.get("time_total_s"),
     })
     if not final.get("final"):
         record["status"] = "stopped"  # ASHA stopped it: scored by its best reported epoch

@@ -4,6 +4,7 @@ parameters on top, in `<output>/runs/`."""
 
 import math
 import os
+import time
 
 from recbole_hybrid.config.builder import build_config
 from recbole_hybrid.config.files import dataset_config_file, resolve
@@ -14,7 +15,7 @@ from recbole_hybrid.tune.space import as_config_values
 
 class SearchSetup:
     """model, dataset, config_files (absolute), overrides (typed, data_path absolute),
-    valid_metric, bigger (its direction), show_progress, output and runs_dir (absolute)."""
+    valid_metric, bigger (its direction), seed, show_progress, output and runs_dir (absolute)."""
 
     def __init__(self, model, dataset, config_files=(), overrides=None, output="tuning"):
         self.output = os.path.abspath(output)
@@ -28,6 +29,7 @@ class SearchSetup:
         self.overrides = {**config._convert_config_dict(dict(overrides or {})),
                           "data_path": os.path.dirname(os.path.abspath(config["data_path"]))}
         self.valid_metric = config["valid_metric"]
+        self.seed = config["seed"]  # also the search's: the same command proposes the same trials
         self.show_progress = bool(config["show_progress"])
         self.bigger = config["valid_metric_bigger"]
         self.runs_dir = os.path.join(self.output, "runs")
@@ -45,8 +47,11 @@ class SearchSetup:
                              {**self.overrides, **point}, sources={name: space.where(name)})
 
     def run_trial(self, params, callback=None):
-        """One trial: a run with `params` on top of the fixed settings; its result dict."""
+        """One trial: a run with `params` on top of the fixed settings; its result dict,
+        with its wall time in `seconds`."""
         from recbole_hybrid.quick_start.runner import run
 
-        return run(self.model, self.dataset, self.config_files, {**self.overrides, **params},
-                   output_dir=self.runs_dir, callback=callback)
+        started = time.time()
+        result = run(self.model, self.dataset, self.config_files, {**self.overrides, **params},
+                     output_dir=self.runs_dir, callback=callback)
+        return {**result, "seconds": time.time() - started}

@@ -4,7 +4,8 @@
 - best.yaml: the best trial's whole configuration (model, dataset, the settings, its
   parameters), which `run_recbole_hybrid.py --config_files best.yaml` takes as is.
 A trial is a dict: params, status (ok, stopped, failed, unfinished), and for a finished one
-best_valid_score, test_result, results_file; for a failed one its error.
+best_valid_score, test_result, results_file (and its budget: epochs_run, seconds); for a
+failed one its error.
 """
 
 import csv
@@ -22,11 +23,14 @@ ORDER = {"ok": 0, "stopped": 1, "failed": 2, "unfinished": 3}
 
 
 def trial_record(params, result=None, error=None):
-    """The trial dict of a finished run's `result`, or of a failure's `error` text."""
+    """The trial dict of a finished run's `result`, or of a failure's `error` text. The
+    budget it spent, where known: `epochs_run` and `seconds` (its wall time)."""
     if error is not None:
         return {"params": params, "status": "failed", "error": error}
     return {"params": params, "status": "ok", "best_valid_score": result["best_valid_score"],
-            "test_result": result["test_result"], "results_file": result["results_file"]}
+            "test_result": result["test_result"], "results_file": result["results_file"],
+            **{k: result[k] for k in ("best_valid_result", "epochs_run", "seconds")
+               if result.get(k) is not None}}
 
 
 def write_outputs(setup, trials):

@@ -11,6 +11,9 @@ stops work the way Ctrl-C does.
   command's Ctrl-C path (stop the children, keep what finished, print how to go on) also
   runs for `kill <pid>`. Libraries that install their own SIGTERM handler (Ray's core
   worker does, and aborts) are overruled by calling `handle_sigterm_as_sigint()` again.
+- `signals_held()`: inside it, Ctrl-C and SIGTERM wait (blocked) and arrive when it ends; for
+  the heavy imports, since a KeyboardInterrupt raised inside torch's import while C++ runs
+  Python code aborts the whole process (pybind11 `std::terminate`, exit -6, a core dump).
 """
 
 import contextlib
@@ -87,6 +90,21 @@ def sigterm_as_interrupt():
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def signals_held():
+    """Within the block (main thread), Ctrl-C and SIGTERM are held; those that came arrive
+    as it ends, at the handlers installed then."""
+    if (threading.current_thread() is not threading.main_thread()
+            or not hasattr(signal, "pthread_sigmask")):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def stop(process, timeout=10.0):
