@@ -105,11 +105,23 @@ def _add_compare_parser(subparsers):
     parser.add_argument("--ours", default=None, help="the model of the improvement columns (MaTrRec)")
     parser.add_argument("--baselines", default=None, help="comma-separated (SASRec,Mamba4Rec)")
     parser.add_argument("--metrics", default=None, help="table metrics (recall@10,ndcg@10)")
+    parser.add_argument("--tune", action="store_true",
+                        help="search every model first, with the same budget, on the validation "
+                        "split (its params file, properties/hyper/MODEL.hyper by default, or the "
+                        "grid file's `tune:`); every seed then runs the chosen setting")
+    parser.add_argument("--tool", default=None, help="--tune's engine: hyperopt (default) or ray")
+    parser.add_argument("--algo", default=None,
+                        help="--tune's algorithm: random (default), exhaustive or bayes")
+    parser.add_argument("--max_evals", type=int, default=None,
+                        help="--tune's trials per model and dataset (default 8)")
+    parser.add_argument("--tune_epochs", type=int, default=None,
+                        help="--tune: a trial trains at most this many epochs")
 
 
 def _compare(args, overrides):
     from recbole_hybrid.compare import compare, load_grid, report_only
     from recbole_hybrid.compare.writers import output_paths
+    from recbole_hybrid.config.values import at_least
 
     def names(text):
         return [n.strip() for n in text.split(",") if n.strip()] if text else None
@@ -120,6 +132,10 @@ def _compare(args, overrides):
                                           ("--datasets", args.datasets), ("--seeds", args.seeds),
                                           ("--rerun", args.rerun), ("--jobs", args.jobs != 1),
                                           ("--config_files", args.config_files),
+                                          ("--tune", args.tune), ("--tool", args.tool),
+                                          ("--algo", args.algo),
+                                          ("--max_evals", args.max_evals is not None),
+                                          ("--tune_epochs", args.tune_epochs is not None),
                                           ("--output", args.output != "comparison"))
                  if value] + list(overrides)
         if given:
@@ -129,8 +145,15 @@ def _compare(args, overrides):
         paths = report_only(args.report, log=print_line, **choices)
         print("tables and figures: " + ", ".join(paths))
         return
+    for flag, value in (("--max_evals", args.max_evals), ("--tune_epochs", args.tune_epochs)):
+        if value is not None:
+            at_least(flag, value)
+    tune = dict(tool=args.tool, algo=args.algo, max_evals=args.max_evals,
+                epochs=args.tune_epochs)  # any of them tunes the grid, as --tune does
     grid = load_grid(args.grid, names(args.models), names(args.datasets),
-                     config_files(args), overrides, seeds=args.seeds, **choices)
+                     config_files(args), overrides, seeds=args.seeds,
+                     tune=tune if args.tune or any(v is not None for v in tune.values()) else None,
+                     **choices)
     records = compare(grid, args.output, rerun=args.rerun, jobs=args.jobs, log=print_line)
     print("tables and figures: " + ", ".join(output_paths(grid, args.output)))
     failed = [r for r in records.values() if r["status"] != "ok"]

@@ -1,4 +1,5 @@
-"""Running a grid: its missing cells, each in a fresh process, then its tables and figures.
+"""Running a grid: a tuned grid's searches first (`searches`), then its missing cells, each
+in a fresh process, then its tables and figures.
 
 Every finished cell is appended at once to `<output>/results.jsonl` (`results`), so an
 interrupted grid resumes where it stopped: a cell whose latest record for the same settings
@@ -13,7 +14,7 @@ import json
 import os
 import time
 
-from recbole_hybrid.compare import results, writers
+from recbole_hybrid.compare import results, searches, writers
 from recbole_hybrid.compare.cell_processes import log_file_of, run_cells
 from recbole_hybrid.compare.grid import Grid, check_grid, check_names, check_spec
 from recbole_hybrid.config.values import at_least
@@ -26,21 +27,28 @@ GRID_FILE = "grid.json"  # the grid of the last run in an output folder, for --r
 
 
 def compare(grid, output="comparison", rerun=False, jobs=1, log=print):
-    """Runs the grid's missing cells, `jobs` at a time, each in a fresh process; returns the
-    latest records. Ctrl-C or SIGTERM stops the running cells and raises Interrupted;
-    finished cells stay."""
+    """Runs a tuned grid's missing searches (`searches`), then the grid's missing cells,
+    `jobs` at a time, each in a fresh process; returns the latest records. Ctrl-C or
+    SIGTERM stops the running search or cells and raises Interrupted; what finished stays."""
     at_least("--jobs", jobs)
     check_grid(grid)
+    if grid.tune:
+        searches.check_searches(grid, output)
     os.makedirs(writable_folder(output), exist_ok=True)
     results.note_skipped(output, log)
     with _exclusive(output), sigterm_as_interrupt():
         _write_grid(grid, output)
         try:
+            if grid.tune:
+                searches.run_searches(grid, output, log)
             return _compare(grid, output, rerun, jobs, log)
         except KeyboardInterrupt:
-            kept = (f"finished cells are in {output}/{results.RESULTS_FILE}"
-                    if results.read_records(output) else "no cell had finished")
-            raise Interrupted(f"interrupted: {kept}; run the same command again to resume") from None
+            kept = [f"finished {what} are in {output}/{name}" for what, name, done in (
+                ("searches", searches.SEARCHES_FILE, searches.read_searches(output)),
+                ("cells", results.RESULTS_FILE, results.read_records(output))) if done]
+            raise Interrupted(f"interrupted: {'; '.join(kept) or 'nothing had finished'}; run "
+                              "the same command again to resume (a search keeps its finished "
+                              "trials)") from None
 
 
 def _compare(grid, output, rerun, jobs, log):
@@ -103,6 +111,8 @@ def report_only(output, log=print, **choices):
                         "`recbole-hybrid compare` again (finished cells are kept), which "
                         "writes it anew") from None
     check_names(grid)
+    if grid.tune:
+        searches.set_tuned(grid, searches.latest_searches(output))
     with _exclusive(output):
         remove_stale_partials(output)
         results.note_skipped(output, log)

@@ -12,6 +12,7 @@ Grid file (yaml), every key optional except models/datasets where no flag gives 
     ours: MaTrRec                               # improvement columns: ours over ...
     baselines: [SASRec, Mamba4Rec]
     metrics: [recall@10, ndcg@10]
+    tune: {max_evals: 8, epochs: 20}            # search every model first (`searches`)
 
 `load_grid` reads it (flags win); `check_grid` builds and checks every cell's settings and
 dataset before any cell runs.
@@ -24,6 +25,7 @@ import json
 from recbole_hybrid import registry
 from recbole_hybrid.config.files import read_yaml
 from recbole_hybrid.config.keys import check_keys
+from recbole_hybrid.compare.searches import tune_section
 from recbole_hybrid.config.values import at_least, computed_metrics
 from recbole_hybrid.errors import ConfigError, UserError, shown
 
@@ -31,7 +33,7 @@ DEFAULT_MODELS = ["GRU4Rec", "NARM", "SASRec", "NextItNet", "BERT4Rec", "SINE", 
                   "Mamba4Rec", "MaTrRec", "MLSA4Rec", "LightSANs"]
 MAX_SEEDS = 1000
 GRID_KEYS = {"models", "datasets", "seeds", "config_files", "settings", "model_settings",
-             "dataset_settings", "ours", "baselines", "metrics"}
+             "dataset_settings", "ours", "baselines", "metrics", "tune"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,18 +65,23 @@ class Grid:
     baselines: list = dataclasses.field(default_factory=lambda: ["SASRec", "Mamba4Rec"])
     metrics: list = dataclasses.field(default_factory=lambda: ["recall@10", "ndcg@10"])
     seeds: list = None  # None: one run per cell with the settings' own seed
+    tune: dict = None  # None: untuned; else the `searches.tune_section`
 
     def __post_init__(self):
         self.metrics = [metric.lower() for metric in self.metrics]  # RecBole's result keys
+        # a tuned grid's searches, set by `searches`: {(model, dataset): record / setting}
+        self.searches, self.tuned = {}, {}
 
-    def cells(self):
-        """Every Cell, datasets outermost, then models, then seeds. With seeds, a cell's
-        settings carry its seed and `reproducibility: True` (unless set): the settings key
-        then differs per seed, and finished seeds are never run again."""
+    def cells(self, tuned=True):
+        """Every Cell, datasets outermost, then models, then seeds; with `tuned`, a searched
+        model's chosen setting on top of its settings. With seeds, a cell's settings carry
+        its seed and `reproducibility: True` (unless set): the settings key then differs
+        per seed, and finished seeds are never run again."""
         for dataset in self.datasets:
             for model in self.models:
                 overrides = {**self.settings, **self.dataset_settings.get(dataset, {}),
-                             **self.model_settings.get(model, {})}
+                             **self.model_settings.get(model, {}),
+                             **(self.tuned.get((model, dataset), {}) if tuned else {})}
                 for seed in self.seeds or [None]:
                     if seed is None:
                         yield Cell(model, dataset, None, overrides)
@@ -90,8 +97,11 @@ class Grid:
         return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
-def load_grid(path=None, models=None, datasets=None, config_files=(), overrides=None, **choices):
-    """A Grid from a yaml file and/or flags; flags win, `overrides` join the shared settings."""
+def load_grid(path=None, models=None, datasets=None, config_files=(), overrides=None,
+              tune=None, **choices):
+    """A Grid from a yaml file and/or flags; flags win, `overrides` join the shared settings.
+    `tune` (--tune and its flags: {tool, algo, max_evals, epochs}, None where not given)
+    tunes the grid, on top of the file's `tune:` section."""
     spec = {}
     if path:
         spec = read_yaml(path, "grid file")
@@ -120,6 +130,11 @@ def load_grid(path=None, models=None, datasets=None, config_files=(), overrides=
             raise ConfigError(f"seed must be an integer, got {first!r}")
         choices["seeds"] = [int(first) + i for i in range(choices["seeds"])]
     spec.update({k: v for k, v in choices.items() if v})
+    if "tune" in spec and spec["tune"] is None:  # `tune:` alone: the defaults
+        spec["tune"] = {}
+    if tune is not None and isinstance(spec.get("tune") or {}, dict):
+        spec["tune"] = {**(spec.get("tune") or {}),
+                        **{k: v for k, v in tune.items() if v is not None}}
     check_spec(spec, path or "the grid")
     grid = Grid(**spec)
     check_names(grid)  # a typo fails now, not as a failed cell hours later
@@ -163,6 +178,8 @@ def check_spec(spec, where):
         raise ConfigError(f"{where}: `seeds` must be 1 to {MAX_SEEDS} distinct integers from 0 "
                           f"to 2**32 - 1 (numpy's range), got {shown(seeds)} (or --seeds N "
                           "for N seeds)")
+    if spec.get("tune") is not None:
+        spec["tune"] = tune_section(spec["tune"], where)
     if spec.get("ours") is not None and not isinstance(spec["ours"], str):
         raise ConfigError(f"{where}: `ours` must be a model name, got {spec['ours']!r}")
     for model in spec.get("models") or []:
@@ -205,7 +222,9 @@ def check_grid(grid):
 
 
 def check_names(grid):
-    """The models, `ours`, the baselines and the keys of model_settings must be model names
-    (a subset of a grid file's models may leave some of them out of the grid: no column)."""
-    for name in [*grid.models, grid.ours, *grid.baselines, *grid.model_settings]:
+    """The models, `ours`, the baselines and the keys of model_settings and of the params
+    files must be model names (a subset of a grid file's models may leave some of them out
+    of the grid: no column)."""
+    for name in [*grid.models, grid.ours, *grid.baselines, *grid.model_settings,
+                 *(grid.tune or {}).get("params_files", {})]:
         registry.check_known(name)

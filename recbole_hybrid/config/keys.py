@@ -88,6 +88,13 @@ def _all_model_keys():
     return owners
 
 
+def foreign_keys(model, settings):
+    """The keys of `settings` that other models read and `model` does not (a grid's shared
+    settings for its other models)."""
+    own = framework_keys() | model_keys(model)
+    return sorted(k for k in settings if k in _all_model_keys() and k not in own)
+
+
 def check_keys(model, settings, where, scope="model", dataset_keys=()):
     """Raise ConfigError for keys of `settings` nobody reads. `where` names their source
     (e.g. "--key=value"); `dataset_keys` are those of the dataset's own yaml."""

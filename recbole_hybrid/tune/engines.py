@@ -2,6 +2,7 @@
 
     HOW_TO_GO_ON: str                     # the advice when a search of it is interrupted
     check_output(setup, resume)           # UserError for an output it must not write into
+    started(output) -> bool               # an earlier search of it lies in output (to resume)
     run(setup, space, algo, max_evals, options, log) -> (trials, interrupted)
 
 `setup` is the search's SearchSetup, `space` its parsed params file, `options` the engine

@@ -85,11 +85,15 @@ def _read_trials(trials_file):
     return jsonl.read(trials_file, ("params", "status"))[0]
 
 
+def started(output):
+    return os.path.isfile(os.path.join(output, TRIALS_FILE))
+
+
 def check_output(setup, resume):
     """--resume needs the trials file of an earlier search; without it, a search never
     writes over an earlier one."""
     if resume:
-        if not os.path.isfile(os.path.join(setup.output, TRIALS_FILE)):
+        if not started(setup.output):
             raise UserError(f"--resume: no hyperopt search in {setup.output} ({TRIALS_FILE} is "
                             "missing); pass the --output of the search to continue")
         return

@@ -26,10 +26,14 @@ def experiment_path(setup):
     return os.path.join(setup.output, "ray", EXPERIMENT)
 
 
+def started(output):
+    return os.path.isfile(os.path.join(output, "ray", EXPERIMENT, "tuner.pkl"))
+
+
 def check_output(setup, resume):
     """--resume needs the experiment of an earlier search; without it, none may be there."""
     path = experiment_path(setup)
-    exists = os.path.isfile(os.path.join(path, "tuner.pkl"))
+    exists = started(setup.output)
     if resume and not exists:
         raise UserError(f"--resume: no Ray Tune experiment in {path}; pass the --output of "
                         "the search to continue")

@@ -18,23 +18,18 @@ from recbole_hybrid.utils.files import writable_folder
 def tune(model, dataset, params_file, tool="hyperopt", algo="exhaustive", max_evals=10,
          config_files=(), overrides=None, output="tuning", *, ray_address=None, resume=False,
          cpus_per_trial=1, gpus_per_trial=None, max_failures=1, log=print):
-    """Runs the search; returns the best finished trial's dict (UserError if every trial
-    failed, None if none finished, e.g. all stopped early). An interrupted search writes
-    its tables from the finished trials and raises Interrupted."""
+    """Runs the search; returns the best finished trial's dict, with the `budget` the whole
+    search spent: {"trials", "epochs", "seconds"} (UserError if every trial failed, None if
+    none finished, e.g. all stopped early). An interrupted search writes its tables from
+    the finished trials and raises Interrupted."""
     if tool not in ENGINES:
         raise ConfigError(f"--tool={tool}: choose one of {', '.join(ENGINES)}")
-    if algo not in ALGOS:
-        raise ConfigError(f"--algo={algo}: choose one of {', '.join(ALGOS)}")
     for name, value, least in (("--max_evals", max_evals, 1), ("--cpus_per_trial", cpus_per_trial, 1),
                                ("--gpus_per_trial", gpus_per_trial or 0, 0),
                                ("--max_failures", max_failures, 0)):
         at_least(name, value, least)
     search_engine = engine(tool)
-    space = read_params_file(params_file)
-    ranges = [name for name, (kind, _) in space.items() if kind != "choice"]
-    if algo == "exhaustive" and ranges:
-        raise ConfigError(f"an exhaustive search needs choices only; {', '.join(ranges)} "
-                          "are ranges: use --algo=random or --algo=bayes")
+    space = read_space(params_file, algo)
     setup = SearchSetup(model, dataset, config_files, overrides, output)
     setup.check_space(space)
     search_engine.check_output(setup, resume)
@@ -54,4 +49,18 @@ def tune(model, dataset, params_file, tool="hyperopt", algo="exhaustive", max_ev
         raise UserError(f"every trial failed ({last_line(trials[0]['error'])}); "
                         f"{setup.output}/trials.md lists them. Fix the space or the settings")
     log(f"{done} of {len(trials)} trials finished; table: {setup.output}/trials.md{best_text}")
-    return best
+    return best and {**best, "budget": {
+        "trials": len(trials), "epochs": sum(t.get("epochs_run") or 0 for t in trials),
+        "seconds": sum(t.get("seconds") or 0 for t in trials)}}
+
+
+def read_space(params_file, algo):
+    """The params file's Space, checked for `algo` (an exhaustive search takes choices only)."""
+    if algo not in ALGOS:
+        raise ConfigError(f"--algo={algo}: choose one of {', '.join(ALGOS)}")
+    space = read_params_file(params_file)
+    ranges = [name for name, (kind, _) in space.items() if kind != "choice"]
+    if algo == "exhaustive" and ranges:
+        raise ConfigError(f"an exhaustive search needs choices only; {', '.join(ranges)} "
+                          "are ranges: use --algo=random or --algo=bayes")
+    return space

@@ -6,7 +6,7 @@ metric rows (`compare.rows.metric_rows`); it writes its file atomically."""
 import os
 
 from recbole_hybrid.compare.rows import metric_rows, multi_seed
-from recbole_hybrid.compare.writers import csv_files, figures, latex, markdown
+from recbole_hybrid.compare.writers import csv_files, figures, latex, markdown, tuning
 
 
 def _always(grid):
@@ -20,6 +20,7 @@ WRITERS = [
     ("metrics.png", figures.plot_metrics, _always),
     ("efficiency.png", figures.plot_efficiency, _always),
     ("significance.csv", csv_files.write_significance, multi_seed),
+    ("tuning.csv", tuning.write_csv, tuning.tuned),
 ]
 
 

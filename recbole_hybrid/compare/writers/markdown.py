@@ -1,7 +1,8 @@
 """table.md: the paper's layout (a row per dataset and metric, a column per model; best in
 bold, second underlined; published values in parentheses; improvement of `ours` over each
 baseline), then the efficiency table (parameters, training s/epoch, test inference s, peak
-memory, epochs) and the cells without a result. With several seeds each value is
+memory, epochs) and the cells without a result; a tuned grid's searches (`tuning`) come
+before the efficiency table. With several seeds each value is
 mean ± standard deviation over the seeds, an improvement carries the mark of its paired
 tests (* p < 0.05, ** p < 0.01, Holm-adjusted across the row's baselines; the larger of the
 t-test's and the Wilcoxon test's p decides), and two more tables follow: per cell the count,
@@ -12,6 +13,7 @@ import numpy as np
 
 from recbole_hybrid.compare import stats
 from recbole_hybrid.compare.rows import EFFICIENCY, multi_seed, ok_runs, percent, ranks
+from recbole_hybrid.compare.writers import tuning
 from recbole_hybrid.errors import last_line
 from recbole_hybrid.utils.files import write_text_atomically
 
@@ -46,6 +48,8 @@ def text(grid, records, rows):
     else:
         lines += ["", "Measured test values; published ones in parentheses "
                   "(MaTrRec paper, Table 2); best in bold, second underlined."]
+    if tuning.tuned(grid):
+        lines += [""] + tuning.markdown_lines(grid)
     lines += ["", "| dataset | model | " + " | ".join(h for _, h, _ in EFFICIENCY) + " | device |",
               "| --- | --- |" + " --- |" * (len(EFFICIENCY) + 1)]
     failed, missing = [], []
