@@ -120,6 +120,9 @@ def test_bad_tuning_input_is_one_paragraph_before_anything_trains(data, workdir,
     assert "needs choices only" in refused(
         "--grid", grid_file(workdir, data, space="learning_rate loguniform -7,-4\n"),
         "--algo", "exhaustive")
+    path = grid_file(workdir, data, algo="exhaustive")
+    (workdir / "GRU4Rec.hyper").write_text("learning_rate choice [0.01,0.003]\n")
+    assert "SASRec 3, GRU4Rec 2 trials" in refused("--grid", path)
     missing = str(workdir / "nowhere.hyper")
     path = workdir / "grid.yaml"
     spec = yaml.safe_load(path.read_text())
@@ -157,3 +160,16 @@ def test_a_grid_killed_in_its_search_stage_keeps_the_finished_trials(data, workd
     now = run_folders(str(output))
     # the finished trials were not trained again: 4 trials and the one cell, each once
     assert set(trained) < set(now) and len(now) == 4 + 1
+
+
+@pytest.mark.slow
+def test_a_ray_search_capped_at_one_epoch_a_trial_feeds_the_grid(data, workdir):
+    output = str(workdir / "cmp")
+    grid = grid_file(workdir, data, models=("SASRec",), tool="ray", epochs=1)
+    assert main(["compare", "--grid", grid, "--max_evals", "2", "--output", output,
+                 "--epochs=3"]) == 0
+    (search,) = records(os.path.join(output, SEARCHES_FILE))
+    assert search["trials"] == 2 and search["epochs"] == 2  # the cap: 1 epoch a trial
+    (cell,) = records(os.path.join(output, RESULTS_FILE))
+    assert cell["status"] == "ok" and cell["epochs_run"] == 3  # the cell's own epochs
+    assert cell["overrides"]["learning_rate"] == str(search["params"]["learning_rate"])

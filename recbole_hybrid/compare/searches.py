@@ -21,6 +21,7 @@ resumes with its finished trials kept.
 
 import hashlib
 import json
+import math
 import os
 import time
 
@@ -88,10 +89,20 @@ def check_searches(grid, output):
                 f"every model; give {model} one in the grid file (tune: {{params_files: "
                 f"{{{model}: space.hyper}}}}, RecBole's params-file format), or leave {model} "
                 "out of the grid")
+    spaces = {model: read_space(params_file(grid, model), grid.tune["algo"])
+              for model in grid.models}
+    if grid.tune["algo"] == "exhaustive":  # every point of each space: its size is the budget
+        sizes = {model: math.prod(len(values) for _, values in space.values())
+                 for model, space in spaces.items()}
+        if len(set(sizes.values())) > 1:
+            raise ConfigError(
+                "an exhaustive search runs every point of a model's space, and these differ ("
+                + ", ".join(f"{model} {size}" for model, size in sizes.items())
+                + " trials): not the same budget for every model. Use algo random or bayes "
+                "with max_evals, or spaces with as many points")
     for model, dataset in pairs(grid):
-        space = read_space(params_file(grid, model), grid.tune["algo"])
         SearchSetup(model, dataset, grid.config_files, _settings(grid, model, dataset),
-                    output).check_space(space)
+                    output).check_space(spaces[model])
 
 
 def run_searches(grid, output, log=print):

@@ -75,7 +75,7 @@ def trainable(config, setup, space, cpus):
 
     result = setup.run_trial({**params, **device}, callback=report)
     report_metrics({"valid_score": float(result["best_valid_score"]), "final": 1,
-                    "results_file": result["results_file"],
+                    "results_file": result["results_file"], "epochs_run": result["epochs_run"],
                     **{f"test/{k}": float(v) for k, v in result["test_result"].items()}})
 
 
@@ -205,7 +205,10 @@ def _trial(result, space, status, bigger):
         "best_valid_score": float(final["valid_score"] if final.get("final") else best_reported),
         "test_result": {k[5:]: v for k, v in final.items() if k.startswith("test/")},
         "results_file": final.get("results_file"),
-        "epochs_run": len(scores), "seconds": final.get("time_total_s"),
+        # an ASHA-stopped trial ran to its last reported epoch (epochs count from 0)
+        "epochs_run": final.get("epochs_run") if final.get("final")
+        else int(history["epoch"].max()) + 1,
+        "seconds": final.get("time_total_s"),
     })
     if not final.get("final"):
         record["status"] = "stopped"  # ASHA stopped it: scored by its best reported epoch
