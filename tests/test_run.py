@@ -149,3 +149,28 @@ def test_console_entry_point_runs(workdir):
     done = subprocess.run([sys.executable, "-m", "recbole_hybrid", "run", "--help"],
                           capture_output=True, text=True, cwd=workdir)
     assert done.returncode == 0 and "--config_files" in done.stdout
+
+
+def _peak_of_a_spawned_process(queue):
+    from recbole_hybrid.quick_start.runner import _peak_memory_mb
+
+    queue.put(_peak_memory_mb("cpu"))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux's ru_maxrss")
+def test_the_cpu_peak_memory_of_a_cell_is_its_own_not_its_parents():
+    """A grid process that ran a search in-process has a large peak; a cell it spawns after
+    must report its own (Linux's ru_maxrss carries the parent's peak across fork and exec)."""
+    import multiprocessing
+
+    held = bytearray(1536 * 2**20)
+    for i in range(0, len(held), 4096):  # resident, page by page
+        held[i] = 1
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    process = context.Process(target=_peak_of_a_spawned_process, args=(queue,))
+    process.start()
+    peak = queue.get(timeout=120)
+    process.join()
+    del held
+    assert 50 < peak < 1536  # torch and RecBole imported: some hundreds of MiB

@@ -279,9 +279,18 @@ def _synchronize(device):
 
 
 def _peak_memory_mb(device):
-    """CUDA: the most memory tensors took on the device; CPU: the process's peak resident set."""
+    """CUDA: the most memory tensors took on the device; CPU: the process's peak resident set
+    (Linux: VmHWM; its ru_maxrss keeps the peak of the process that started this one, e.g. a
+    grid process that ran a search, across fork and exec)."""
     if torch.device(device).type == "cuda":
         return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
     import resource
 
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
