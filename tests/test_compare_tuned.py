@@ -117,6 +117,7 @@ def test_bad_tuning_input_is_one_paragraph_before_anything_trains(data, workdir,
     assert "--max_evals=0: must be at least 1" in err
     assert "tune max_evals" in refused("--grid", grid_file(workdir, data, max_evals=0))
     assert "choose one of hyperopt, ray" in refused("--grid", grid_file(workdir, data, tool="optuna"))
+    assert "choose one of hyperopt, ray" in refused("--grid", grid_file(workdir, data, tool=["ray"]))
     assert "needs choices only" in refused(
         "--grid", grid_file(workdir, data, space="learning_rate loguniform -7,-4\n"),
         "--algo", "exhaustive")

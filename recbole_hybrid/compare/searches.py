@@ -53,7 +53,7 @@ def tune_section(value, where):
         raise ConfigError(f"{where}: `tune: params_files` must map model names to params "
                           f"files, got {shown(repr(files))}")
     for key, choices in (("tool", ENGINES), ("algo", ALGOS)):
-        if section[key] not in choices:
+        if not isinstance(section[key], str) or section[key] not in choices:
             raise ConfigError(f"{where}: tune {key} {shown(repr(section[key]))}: choose one of "
                               f"{', '.join(choices)}")
     for key, least, most in (("max_evals", 1, MAX_EVALS), ("epochs", 1, None)):
