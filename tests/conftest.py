@@ -33,6 +33,9 @@ TINY_SASREC = {
     "metrics": ["Hit", "NDCG", "MRR"],
     "valid_metric": "NDCG@10",
 }
+# a compare cell: one epoch of TINY_SASREC's sizes, with the table's metrics (recall, ndcg @10)
+TINY_CELL = {**TINY_SASREC, "epochs": 1, "embedding_size": 16, "metrics": ["Recall", "NDCG"],
+             "topk": [5, 10]}
 
 
 def write_tiny_dataset(folder, name="tiny", with_timestamp=True, seed=0):

@@ -10,16 +10,13 @@ import time
 import pytest
 import yaml
 
-from conftest import TINY_SASREC, write_tiny_dataset
+from conftest import TINY_CELL, write_tiny_dataset
 from recbole_hybrid.compare import rows
 from recbole_hybrid.compare.writers import latex, markdown
 from recbole_hybrid.utils import jsonl
 from recbole_hybrid.cli import main
 from recbole_hybrid.compare import RESULTS_FILE, Grid, compare, load_grid, read_records
 from recbole_hybrid.errors import ConfigError, UnknownModelError, UserError
-
-TINY_CELL = {**TINY_SASREC, "epochs": 1, "embedding_size": 16, "metrics": ["Recall", "NDCG"],
-             "topk": [5, 10]}
 
 
 @pytest.fixture(scope="module")

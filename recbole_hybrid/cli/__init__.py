@@ -75,6 +75,7 @@ def _run(args, overrides):
 
 
 def _add_compare_parser(subparsers):
+    from recbole_hybrid.compare.cell_engines import ENGINES
     from recbole_hybrid.compare.grid import DEFAULT_MODELS
 
     parser = subparser(
@@ -91,8 +92,24 @@ def _add_compare_parser(subparsers):
     parser.add_argument("--seeds", type=int, default=None,
                         help="run every cell with N seeds (the settings' seed, +1, ...): mean ± std, "
                         "confidence intervals and paired significance tests")
-    parser.add_argument("--jobs", type=int, default=1,
-                        help="cells at a time (default 1; several share a GPU or the CPU cores)")
+    parser.add_argument("--jobs", type=int, default=None,
+                        help="local engine: cells at a time (default 1; several share a GPU or "
+                        "the CPU cores)")
+    parser.add_argument("--engine", default="local", choices=list(ENGINES),
+                        help="local: fresh processes on this machine (default); ray: every cell "
+                        "(and, with --tune, every trial) a Ray task, on a local Ray or the "
+                        "cluster at --ray_address")
+    parser.add_argument("--ray_address", default=None,
+                        help="ray: join a running Ray cluster (e.g. 10.0.0.1:6379); default: a "
+                        "local Ray")
+    parser.add_argument("--cpus_per_cell", type=float, default=None,
+                        help="ray: CPUs per cell (default 1; torch threads: its whole part)")
+    parser.add_argument("--gpus_per_cell", type=float, default=None,
+                        help="ray: GPUs per cell (default 1 where the cluster has GPUs; 0.5 "
+                        "shares one)")
+    parser.add_argument("--max_failures", type=int, default=None,
+                        help="ray: runs again of a cell that failed other than by the user's "
+                        "error (default 1)")
     parser.add_argument("--report", default=None, metavar="OUTPUT",
                         help="only write the tables and figures of OUTPUT again from its "
                         "results.jsonl (with --metrics, --ours, --baselines if given); no training")
@@ -109,7 +126,8 @@ def _add_compare_parser(subparsers):
                         help="search every model first, with the same budget, on the validation "
                         "split (its params file, properties/hyper/MODEL.hyper by default, or the "
                         "grid file's `tune:`); every seed then runs the chosen setting")
-    parser.add_argument("--tool", default=None, help="--tune's engine: hyperopt (default) or ray")
+    parser.add_argument("--tool", default=None,
+                        help="--tune's engine: hyperopt (default) or ray (default with --engine ray)")
     parser.add_argument("--algo", default=None,
                         help="--tune's algorithm: random (default), exhaustive or bayes")
     parser.add_argument("--max_evals", type=int, default=None,
@@ -130,7 +148,13 @@ def _compare(args, overrides):
     if args.report:
         given = [flag for flag, value in (("--grid", args.grid), ("--models", args.models),
                                           ("--datasets", args.datasets), ("--seeds", args.seeds),
-                                          ("--rerun", args.rerun), ("--jobs", args.jobs != 1),
+                                          ("--rerun", args.rerun),
+                                          ("--jobs", args.jobs is not None),
+                                          ("--engine", args.engine != "local"),
+                                          ("--ray_address", args.ray_address),
+                                          ("--cpus_per_cell", args.cpus_per_cell is not None),
+                                          ("--gpus_per_cell", args.gpus_per_cell is not None),
+                                          ("--max_failures", args.max_failures is not None),
                                           ("--config_files", args.config_files),
                                           ("--tune", args.tune), ("--tool", args.tool),
                                           ("--algo", args.algo),
@@ -153,8 +177,11 @@ def _compare(args, overrides):
     grid = load_grid(args.grid, names(args.models), names(args.datasets),
                      config_files(args), overrides, seeds=args.seeds,
                      tune=tune if args.tune or any(v is not None for v in tune.values()) else None,
-                     **choices)
-    records = compare(grid, args.output, rerun=args.rerun, jobs=args.jobs, log=print_line)
+                     tool="ray" if args.engine == "ray" else None, **choices)
+    records = compare(grid, args.output, rerun=args.rerun, log=print_line, engine=args.engine,
+                      jobs=args.jobs, ray_address=args.ray_address,
+                      cpus_per_cell=args.cpus_per_cell, gpus_per_cell=args.gpus_per_cell,
+                      max_failures=args.max_failures)
     print("tables and figures: " + ", ".join(output_paths(grid, args.output)))
     failed = [r for r in records.values() if r["status"] != "ok"]
     if failed:
@@ -193,7 +220,8 @@ def _add_tune_parser(subparsers):
     parser.add_argument("--resume", action="store_true",
                         help="continue the search in --output (hyperopt: its finished trials "
                         "are kept; Ray: its experiment is restored)")
-    parser.add_argument("--cpus_per_trial", type=int, default=1)
+    parser.add_argument("--cpus_per_trial", type=float, default=1,
+                        help="Ray: CPUs per trial (torch threads: its whole part; 0.5 shares one)")
     parser.add_argument("--gpus_per_trial", type=float, default=None,
                         help="Ray: GPUs per trial (default 1 where the cluster has GPUs; 0.5 shares one)")
     parser.add_argument("--max_failures", type=int, default=1, help="Ray: retries of a failing trial")

@@ -1,5 +1,6 @@
 """Running a grid: a tuned grid's searches first (`searches`), then its missing cells, each
-in a fresh process, then its tables and figures.
+in a fresh process (on this machine, or as a Ray task: `cell_engines`), then its tables and
+figures.
 
 Every finished cell is appended at once to `<output>/results.jsonl` (`results`), so an
 interrupted grid resumes where it stopped: a cell whose latest record for the same settings
@@ -14,10 +15,9 @@ import json
 import os
 import time
 
-from recbole_hybrid.compare import results, searches, writers
-from recbole_hybrid.compare.cell_processes import log_file_of, run_cells
+from recbole_hybrid.compare import cell_engines, results, searches, writers
+from recbole_hybrid.compare.cell_processes import log_file_of
 from recbole_hybrid.compare.grid import Grid, check_grid, check_names, check_spec
-from recbole_hybrid.config.values import at_least
 from recbole_hybrid.errors import Interrupted, UserError, last_line
 from recbole_hybrid.utils.files import remove_stale_partials, writable_folder, write_text_atomically
 from recbole_hybrid.utils.locks import exclusive
@@ -26,11 +26,14 @@ from recbole_hybrid.utils.processes import sigterm_as_interrupt
 GRID_FILE = "grid.json"  # the grid of the last run in an output folder, for --report
 
 
-def compare(grid, output="comparison", rerun=False, jobs=1, log=print):
+def compare(grid, output="comparison", rerun=False, log=print, engine="local", **options):
     """Runs a tuned grid's missing searches (`searches`), then the grid's missing cells,
-    `jobs` at a time, each in a fresh process; returns the latest records. Ctrl-C or
-    SIGTERM stops the running search or cells and raises Interrupted; what finished stays."""
-    at_least("--jobs", jobs)
+    each in a fresh process, with the engine `engine` (`cell_engines`) and its `options` (local: `jobs`
+    at a time; ray: `ray_address`, `cpus_per_cell`, `gpus_per_cell`, `max_failures`); returns
+    the latest records. Ctrl-C or SIGTERM stops the running search or cells and raises
+    Interrupted; what finished stays."""
+    cell_engine = cell_engines.engine(engine)
+    options = cell_engines.engine_options(engine, options)
     check_grid(grid)
     if grid.tune:
         searches.check_searches(grid, output)
@@ -39,9 +42,13 @@ def compare(grid, output="comparison", rerun=False, jobs=1, log=print):
     with _exclusive(output), sigterm_as_interrupt():
         _write_grid(grid, output)
         try:
-            if grid.tune:
-                searches.run_searches(grid, output, log)
-            return _compare(grid, output, rerun, jobs, log)
+            with cell_engine.connected(options):
+                if grid.tune and engine == "ray" and grid.tune["tool"] != "ray":
+                    log(f"note: the searches run {grid.tune['tool']} in this process; "
+                        "tune tool ray (--tool ray) puts their trials on Ray too")
+                if grid.tune:
+                    searches.run_searches(grid, output, log, cell_engine.search_options(options))
+                return _compare(grid, output, rerun, cell_engine, options, log)
         except KeyboardInterrupt:
             kept = [f"finished {what} are in {output}/{name}" for what, name, done in (
                 ("searches", searches.SEARCHES_FILE, searches.read_searches(output)),
@@ -51,7 +58,7 @@ def compare(grid, output="comparison", rerun=False, jobs=1, log=print):
                               "trials)") from None
 
 
-def _compare(grid, output, rerun, jobs, log):
+def _compare(grid, output, rerun, cell_engine, options, log):
     cells = list(grid.cells())
     for path in remove_stale_partials(output):
         log(f"note: removed {path}, a file a killed process left half written")
@@ -65,7 +72,7 @@ def _compare(grid, output, rerun, jobs, log):
             todo.remove(cell)
     log(f"{len(cells)} cells, {len(cells) - len(todo)} already done in "
         f"{os.path.join(output, results.RESULTS_FILE)}, {len(todo)} to run"
-        + (f", {jobs} at a time" if jobs > 1 and len(todo) > 1 else ""))
+        + _how(options, len(todo)))
     started, finished = time.time(), []
 
     def on_done(cell, outcome, log_file):
@@ -80,10 +87,17 @@ def _compare(grid, output, rerun, jobs, log):
             f"{_clock(elapsed)}, about {_clock(remaining)} remaining)")
         write_reports(grid, output)
 
-    run_cells(todo, grid.config_files, output, jobs, on_done)
+    cell_engine.run_cells(todo, grid.config_files, output, options, on_done)
     if not todo:
         write_reports(grid, output)
     return results.latest_of(output, grid)
+
+
+def _how(options, todo):
+    if "cpus_per_cell" in options:
+        return (f", Ray tasks of {options['cpus_per_cell']:g} CPUs and "
+                f"{options['gpus_per_cell']:g} GPUs each" if todo else "")
+    return f", {options['jobs']} at a time" if options["jobs"] > 1 and todo > 1 else ""
 
 
 def write_reports(grid, output):

@@ -98,10 +98,11 @@ class Grid:
 
 
 def load_grid(path=None, models=None, datasets=None, config_files=(), overrides=None,
-              tune=None, **choices):
+              tune=None, tool=None, **choices):
     """A Grid from a yaml file and/or flags; flags win, `overrides` join the shared settings.
     `tune` (--tune and its flags: {tool, algo, max_evals, epochs}, None where not given)
-    tunes the grid, on top of the file's `tune:` section."""
+    tunes the grid, on top of the file's `tune:` section; `tool` is the search engine where
+    neither names one (a Ray grid's: ray)."""
     spec = {}
     if path:
         spec = read_yaml(path, "grid file")
@@ -135,6 +136,8 @@ def load_grid(path=None, models=None, datasets=None, config_files=(), overrides=
     if tune is not None and isinstance(spec.get("tune") or {}, dict):
         spec["tune"] = {**(spec.get("tune") or {}),
                         **{k: v for k, v in tune.items() if v is not None}}
+    if tool and isinstance(spec.get("tune"), dict) and spec["tune"].get("tool") is None:
+        spec["tune"]["tool"] = tool
     check_spec(spec, path or "the grid")
     grid = Grid(**spec)
     check_names(grid)  # a typo fails now, not as a failed cell hours later

@@ -17,6 +17,7 @@ from recbole_hybrid.utils import jsonl
 
 RESULTS_FILE = "results.jsonl"
 RECORD_KEYS = ("model", "dataset", "status", "settings_key")
+PLACEMENT_KEYS = ("use_gpu", "gpu_id")  # set by an engine where a cell runs, not what it is
 
 
 def read_records(output):
@@ -73,9 +74,9 @@ def adopt_runs(output, grid, cells, log_file_of):
     adopted = []
     for cell in cells:
         mine = [r for r in runs if (r.get("model"), r.get("dataset"), r.get("config_files"),
-                                    r.get("overrides")) == (
+                                    _unplaced(r.get("overrides"))) == (
             cell.model, cell.dataset, list(grid.config_files),
-            {k: str(v) for k, v in cell.overrides.items()})]
+            _unplaced({k: str(v) for k, v in cell.overrides.items()}))]
         mine = [r for r in mine if _is_record({"status": "ok", **r})]
         if mine:
             result = max(mine, key=lambda r: str(r.get("finished")))
@@ -83,6 +84,10 @@ def adopt_runs(output, grid, cells, log_file_of):
                                      log_file_of(cell), str(result.get("finished"))))
             adopted.append(cell)
     return adopted
+
+
+def _unplaced(overrides):
+    return overrides and {k: v for k, v in overrides.items() if k not in PLACEMENT_KEYS}
 
 
 def append(output, record):

@@ -105,9 +105,10 @@ def check_searches(grid, output):
                     output).check_space(spaces[model])
 
 
-def run_searches(grid, output, log=print):
+def run_searches(grid, output, log=print, options=None):
     """Runs the grid's missing searches, then sets `grid.tuned` from every search's record
-    (Interrupted when stopped: the finished trials and searches are kept)."""
+    (Interrupted when stopped: the finished trials and searches are kept). `options` are
+    `tune`'s engine flags (a Ray grid's CPUs and GPUs per trial)."""
     from recbole_hybrid.tune import tune
     from recbole_hybrid.tune.engines import engine
 
@@ -125,7 +126,8 @@ def run_searches(grid, output, log=print):
             + f": {folder}")
         best = tune(model, dataset, params_file(grid, model), grid.tune["tool"],
                     grid.tune["algo"], grid.tune["max_evals"], grid.config_files,
-                    _settings(grid, model, dataset), folder, resume=resume, log=log)
+                    _settings(grid, model, dataset), folder, resume=resume, log=log,
+                    **(options or {}))
         if best is None:
             raise UserError(f"no trial of the search of {model} on {dataset} finished (see "
                             f"{folder}/trials.md): give its trials more epochs")

@@ -53,6 +53,13 @@ def at_least(name, value, least=1):
     return value
 
 
+def positive(name, value):
+    """A command-line amount (`--cpus_per_cell`, ...) that must be a number above 0."""
+    if isinstance(value, bool) or not _is_number(value) or not 0 < value < float("inf"):
+        raise ConfigError(f"{name}={value}: must be a number above 0 (fractions share a CPU)")
+    return value
+
+
 VALUE_RULES = {
     "epochs": Rule(POSITIVE_INT.test, "a positive integer, e.g. 50"),
     "train_batch_size": POSITIVE_INT,

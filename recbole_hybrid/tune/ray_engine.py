@@ -16,7 +16,8 @@ import traceback
 from recbole_hybrid.errors import UserError
 from recbole_hybrid.tune.space import as_config_values, as_params_dict
 from recbole_hybrid.tune.trials import trial_record
-from recbole_hybrid.utils.processes import handle_sigterm_as_sigint, start_worker
+from recbole_hybrid.utils.processes import start_worker
+from recbole_hybrid.utils.ray_cluster import assigned_devices, connected
 
 HOW_TO_GO_ON = "continue it with the same command and --resume"
 EXPERIMENT = "search"  # <output>/ray/search: Ray Tune's experiment, what --resume continues
@@ -65,10 +66,9 @@ def trainable(config, setup, space, cpus):
     from recbole_hybrid.compat import ray_tune_api
 
     report_metrics = ray_tune_api().report
-    start_worker(threads=cpus)  # Ray owns the worker's lifetime and signals
+    start_worker(threads=max(1, int(cpus)))  # Ray owns the worker's lifetime and signals
     params = as_config_values(config, space)
-    gpus = os.environ.get("CUDA_VISIBLE_DEVICES", "")
-    device = {"use_gpu": True, "gpu_id": gpus} if gpus else {"use_gpu": False}
+    device = assigned_devices()
 
     def report(epoch, valid_score):
         report_metrics({"valid_score": float(valid_score), "epoch": epoch})
@@ -88,20 +88,10 @@ def run(setup, space, algo, max_evals, options, log):
 
     from recbole_hybrid.compat import ray_tune_api
 
-    ray_address, resume = options["ray_address"], options["resume"]
+    resume = options["resume"]
     cpus_per_trial, gpus_per_trial = options["cpus_per_trial"], options["gpus_per_trial"]
     path = experiment_path(setup)
-    if ray_address:
-        try:
-            ray.init(address=ray_address, log_to_driver=False)
-        except ConnectionError as error:
-            raise UserError(_connection_message(ray_address, error)) from None
-    else:
-        # address="local": a new Ray of its own, even where a cluster runs on this machine
-        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
-                 log_to_driver=False)
-    handle_sigterm_as_sigint()  # ray.init installed its own SIGTERM handler, which aborts
-    try:
+    with connected(options["ray_address"]):
         gpus = ray.cluster_resources().get("GPU", 0)
         if gpus_per_trial is None:
             gpus_per_trial = 1 if gpus else 0
@@ -151,8 +141,6 @@ def run(setup, space, algo, max_evals, options, log):
         if unfinished:
             log(f"interrupted with {unfinished} trials unfinished: continue with --resume")
         return trials, unfinished > 0
-    finally:
-        ray.shutdown()
 
 
 def _saved_statuses(path):
@@ -164,19 +152,6 @@ def _saved_statuses(path):
     analysis = ExperimentAnalysis(path)
     analysis.get_all_configs()  # Ray 2.6 reads the saved trials on first use
     return {trial.trial_id: trial.status for trial in analysis.trials}
-
-
-def _connection_message(address, error):
-    import ray
-
-    message = (f"cannot connect to the Ray cluster at {address} ({error}): check that its head "
-               f"runs there (`ray start --head --port=...`) with this machine's Ray {ray.__version__} "
-               "and Python version")
-    if hasattr(ray.exceptions, "AuthenticationError") and os.environ.get("RAY_AUTH_MODE") != "token":
-        message += (". A head started where ~/.ray/auth_token exists requires token "
-                    "authentication: run with RAY_AUTH_MODE=token and the cluster's token in "
-                    "~/.ray/auth_token (or RAY_AUTH_TOKEN)")
-    return message
 
 
 def _search_alg(space, algo, mode):

@@ -6,7 +6,7 @@ the trials whether the search ends or is interrupted.
 
 import os
 
-from recbole_hybrid.config.values import at_least
+from recbole_hybrid.config.values import at_least, positive
 from recbole_hybrid.errors import ConfigError, Interrupted, UserError, last_line
 from recbole_hybrid.tune import trials as trial_files
 from recbole_hybrid.tune.engines import ALGOS, ENGINES, engine
@@ -24,7 +24,8 @@ def tune(model, dataset, params_file, tool="hyperopt", algo="exhaustive", max_ev
     the finished trials and raises Interrupted."""
     if tool not in ENGINES:
         raise ConfigError(f"--tool={tool}: choose one of {', '.join(ENGINES)}")
-    for name, value, least in (("--max_evals", max_evals, 1), ("--cpus_per_trial", cpus_per_trial, 1),
+    positive("--cpus_per_trial", cpus_per_trial)
+    for name, value, least in (("--max_evals", max_evals, 1),
                                ("--gpus_per_trial", gpus_per_trial or 0, 0),
                                ("--max_failures", max_failures, 0)):
         at_least(name, value, least)
