@@ -13,7 +13,8 @@ import yaml
 
 from conftest import TINY_CELL, assert_one_paragraph, free_port
 from recbole_hybrid.cli import main
-from recbole_hybrid.compare import RESULTS_FILE, Grid, compare, read_records
+from recbole_hybrid.compare import RESULTS_FILE, Grid, compare, load_grid, read_records
+from recbole_hybrid.compare.searches import tune_section
 
 def grid_file(folder, data_path, **model_settings):
     path = os.path.join(folder, "grid.yaml")
@@ -159,11 +160,94 @@ def test_sigterm_of_a_ray_grid_cancels_its_cells_and_the_rerun_runs_only_the_res
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("flag, needs", [("--cpus_per_cell=2", "2 CPUs and 0 GPUs"),
+                                         ("--gpus_per_cell=0.5", "1 CPUs and 0.5 GPUs")])
 def test_a_cell_larger_than_every_node_is_refused_before_anything_trains(
-        two_nodes, data_path, workdir, capsys):
+        flag, needs, two_nodes, data_path, workdir, capsys):
     output = str(workdir / "out")
     code = main(["compare", "--grid", grid_file(str(workdir), data_path), "--output", output,
-                 "--engine", "ray", f"--ray_address={two_nodes.address}", "--cpus_per_cell=2"])
-    assert_one_paragraph(code, capsys.readouterr().err, "needs 2 CPUs and 0 GPUs on one node",
+                 "--engine", "ray", f"--ray_address={two_nodes.address}", flag])
+    assert_one_paragraph(code, capsys.readouterr().err, f"needs {needs} on one node",
                          "1 CPUs / 0 GPUs")
     assert not os.path.exists(os.path.join(output, RESULTS_FILE))
+
+
+def kill_a_training_cell():
+    """SIGKILL the worker process of a cell's task (as when a worker or its node is lost)."""
+    (worker,) = cell_tasks()
+    os.kill(worker, signal.SIGKILL)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("max_failures", [1, 0])
+def test_a_cell_whose_worker_dies_runs_again_up_to_max_failures_times(
+        max_failures, two_nodes, data_path, workdir):
+    grid = str(workdir / "grid.yaml")
+    with open(grid, "w") as f:
+        yaml.safe_dump({"models": ["MaTrRec"], "datasets": ["tiny"], "settings": {
+            **TINY_CELL, "data_path": data_path, "epochs": 20, "stopping_step": 20}}, f)
+    output = str(workdir / "out")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "recbole_hybrid", "compare", "--grid", grid, "--output", output,
+         "--engine", "ray", f"--ray_address={two_nodes.address}", "--ours=MaTrRec",
+         "--baselines=MaTrRec", f"--max_failures={max_failures}"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while not glob.glob(f"{output}/runs/*/*.pth") and time.time() < deadline:
+        time.sleep(0.1)  # the cell trains: it has written its first checkpoint
+    kill_a_training_cell()
+    printed, _ = process.communicate(timeout=300)
+    (record,) = read_records(output)
+    if max_failures:  # run again, and it finished
+        assert process.returncode == 0 and record["status"] == "ok", printed[-3000:]
+        assert len(glob.glob(f"{output}/runs/*")) == 2  # the killed attempt's folder stays
+    else:  # recorded as failed with its error; the grid ends with one paragraph
+        assert process.returncode == 2 and record["status"] == "failed", printed[-3000:]
+        assert "Ray worker ended without a result after 1 attempt(s)" in record["error"]
+        assert "1 of 1 cells failed" in printed and "Traceback" not in printed
+
+
+@pytest.mark.slow
+def test_a_tuned_ray_grid_searches_with_ray_tune_on_the_same_cluster(two_nodes, data_path, workdir):
+    space = workdir / "space.hyper"
+    space.write_text("learning_rate choice [0.01, 0.003]\n")
+    grid = Grid(models=["SASRec", "MaTrRec"], datasets=["tiny"], baselines=["SASRec"],
+                settings={**TINY_CELL, "data_path": data_path, "epochs": 2},
+                tune=tune_section({"params_files": {"SASRec": str(space), "MaTrRec": str(space)},
+                                   "max_evals": 2, "tool": "hyperopt"}, "the test"))
+    output, log = str(workdir / "out"), []
+    records = compare(grid, output, log=log.append, engine="ray", ray_address=two_nodes.address)
+    assert all(r["status"] == "ok" for r in records.values()) and len(records) == 2
+    assert any("note: the searches run hyperopt in this process" in line for line in log)
+
+    grid.tune["tool"] = "ray"  # what `compare --engine ray` takes where nothing names a tool
+    records = compare(grid, str(workdir / "tuned"), log=log.append, engine="ray",
+                      ray_address=two_nodes.address)
+    assert all(r["status"] == "ok" for r in records.values()) and len(records) == 2
+    searches = glob.glob(str(workdir / "tuned" / "searches" / "*" / "ray" / "search"))
+    assert len(searches) == 2  # Ray Tune experiments, in the grid's connection to the cluster
+    for folder in glob.glob(str(workdir / "tuned" / "searches" / "*")):
+        with open(os.path.join(folder, "trials.csv")) as f:
+            assert len(f.read().splitlines()) == 3  # a header and two trials
+
+
+def test_a_ray_grid_searches_with_ray_tune_unless_the_grid_names_a_tool(data_path, workdir):
+    path = grid_file(str(workdir), data_path)
+    assert load_grid(path, tune={}, tool="ray").tune["tool"] == "ray"
+    assert load_grid(path, tune={"tool": "hyperopt"}, tool="ray").tune["tool"] == "hyperopt"
+    assert load_grid(path, tune={}).tune["tool"] == "hyperopt"
+    assert load_grid(path, tool="ray").tune is None  # an untuned grid stays untuned
+    with open(path) as f:
+        spec = yaml.safe_load(f)
+    with open(path, "w") as f:
+        yaml.safe_dump({**spec, "tune": {"tool": "hyperopt"}}, f)
+    assert load_grid(path, tune={}, tool="ray").tune["tool"] == "hyperopt"
+
+
+def test_a_node_without_the_grids_folders_says_so(tmp_path):
+    from recbole_hybrid.compare.cell_ray import missing_folders
+
+    assert missing_folders("node-b 10.0.0.2", str(tmp_path)) is None
+    message = missing_folders("node-b 10.0.0.2", str(tmp_path), str(tmp_path / "out" / "logs"))
+    assert message.startswith(f"node-b 10.0.0.2 does not have {tmp_path}/out/logs:")
+    assert "shared file system" in message

@@ -117,15 +117,22 @@ def _cell_task(cell, config_files, cwd, runs_dir, log_file, threads):
     start_worker(threads=threads)  # Ray owns the worker's lifetime and signals
     node = {"node": f"{socket.gethostname()} {ray.util.get_node_ip_address()}",
             "ray_node_id": ray.get_runtime_context().get_node_id()}
-    if not os.path.isdir(cwd) or not os.path.isdir(os.path.dirname(log_file)):
-        return {"status": "failed", **node, "error": (
-            f"{node['node']} does not have the folders of the compare ({cwd}, "
-            f"{os.path.dirname(log_file)}): every node of a Ray grid needs the working "
-            "directory, the output folder and the data at the same paths, e.g. on a shared "
-            "file system")}
+    missing = missing_folders(node["node"], cwd, os.path.dirname(log_file))
+    if missing:
+        return {"status": "failed", **node, "error": missing}
     os.chdir(cwd)
     outcome, users = run_cell(cell, config_files, runs_dir, log_file,
                               ray_cluster.assigned_devices())
     if outcome["status"] == "failed" and not users:
         raise CellFailed(outcome["error"])
     return {**outcome, **node}
+
+
+def missing_folders(node, *folders):
+    """The error of a node that lacks one of the compare's `folders`, else None."""
+    missing = [folder for folder in folders if not os.path.isdir(folder)]
+    if not missing:
+        return None
+    return (f"{node} does not have {', '.join(missing)}: every node of a Ray grid needs the "
+            "compare's working directory, its output folder and the data at the same paths, "
+            "e.g. on a shared file system")
