@@ -160,6 +160,26 @@ def test_sigterm_of_a_ray_grid_cancels_its_cells_and_the_rerun_runs_only_the_res
 
 
 @pytest.mark.slow
+def test_kill_9_of_a_ray_grid_ends_its_cells_tasks(two_nodes, data_path, workdir):
+    """Nothing of ours runs at a kill -9: Ray ends the dead driver's job, and its tasks."""
+    grid = grid_file(str(workdir), data_path, SASRec={"epochs": 200, "stopping_step": 200})
+    output = str(workdir / "out")
+    process = subprocess.Popen(compare_command(grid, output, "--engine", "ray",
+                                               f"--ray_address={two_nodes.address}"),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not glob.glob(f"{output}/runs/SASRec-*/*.pth"):
+        time.sleep(0.2)
+    assert cell_tasks(), "no cell was training when the signal came"
+    process.kill()
+    process.wait()
+    deadline = time.time() + 15
+    while cell_tasks() and time.time() < deadline:
+        time.sleep(0.2)
+    assert not cell_tasks(), "a cell's Ray task still runs after its grid was killed"
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("flag, needs", [("--cpus_per_cell=2", "2 CPUs and 0 GPUs"),
                                          ("--gpus_per_cell=0.5", "1 CPUs and 0.5 GPUs")])
 def test_a_cell_larger_than_every_node_is_refused_before_anything_trains(

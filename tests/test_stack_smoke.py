@@ -1,6 +1,7 @@
 """The whole stack in a few minutes: what CI's second environment (Python 3.13, numpy 2,
 current Ray, from uv.lock) runs, and the first one too. Import, one training of each plugin
-model and of SASRec with its checkpoint reloaded, a hyperopt and a Ray Tune search."""
+model and of SASRec with its checkpoint reloaded, a hyperopt and a Ray Tune search, a grid of
+Ray tasks, the README's cluster recipe."""
 
 import csv
 import os
@@ -15,6 +16,7 @@ import recbole.utils
 from recbole.quick_start import load_data_and_model
 
 import recbole_hybrid
+from recbole_hybrid.compare import Grid, compare
 from recbole_hybrid.quick_start.checkpoints import load_checkpoint
 from recbole_hybrid.tune import tune
 
@@ -77,6 +79,19 @@ def read_trials(output):
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
+def test_a_grid_of_ray_tasks_on_a_local_ray(data_path, workdir):
+    grid = Grid(models=["MaTrRec", "SASRec"], datasets=["tiny"], baselines=["SASRec"],
+                metrics=["ndcg@10"],
+                settings=settings("SASRec", data_path),
+                model_settings={"MaTrRec": MODEL_SETTINGS["MaTrRec"]})
+    records = compare(grid, str(workdir / "grid"), log=lambda _: None, engine="ray")
+    assert sorted(model for model, _, _ in records) == ["MaTrRec", "SASRec"]
+    for record in records.values():
+        assert record["status"] == "ok" and record["ray_node_id"], record.get("error")
+        assert 0 < record["test_result"]["ndcg@10"] <= 1
+
+
 @pytest.mark.skipif(not hasattr(ray.exceptions, "AuthenticationError"),
                     reason="Ray 2.6 has no token authentication")
 @pytest.mark.slow
@@ -115,6 +130,20 @@ def test_the_readme_cluster_recipe_with_token_authentication(data_path, workdir)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         trials = read_trials(str(workdir / "cluster"))
         assert len(trials) == 2 and trials[0]["status"] == "ok", trials
+
+        grid = [sys.executable, "-m", "recbole_hybrid", "compare", "--models=SASRec",
+                "--datasets=tiny", "--baselines=SASRec", "--ours=SASRec", "--metrics=ndcg@10",
+                f"--output={workdir / 'grid'}", "--engine=ray", f"--ray_address=127.0.0.1:{port}",
+                "--seeds=2"] + [f"--{key}={value}" for key, value in
+                                settings("SASRec", data_path).items()
+                                if key != "metrics"]  # --metrics: the table's, here
+        refused = subprocess.run(grid, env=environment, capture_output=True, text=True, timeout=300)
+        assert refused.returncode == 2, refused.stderr[-3000:]
+        assert "RAY_AUTH_MODE=token" in refused.stderr and "Traceback" not in refused.stderr
+        done = subprocess.run(grid, env={**environment, "RAY_AUTH_MODE": "token"},
+                              capture_output=True, text=True, timeout=400)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        assert "2 to run, Ray tasks of 1 CPUs and 0 GPUs each" in done.stdout
     finally:
         head.terminate()
         head.wait(timeout=120)
