@@ -92,6 +92,18 @@ def test_a_grid_of_ray_tasks_on_a_local_ray(data_path, workdir):
         assert 0 < record["test_result"]["ndcg@10"] <= 1
 
 
+def refused_without_the_token(command, environment):
+    """`command` against a head that requires the token: one paragraph without
+    RAY_AUTH_MODE=token, done with it (the finished process)."""
+    refused = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    assert "RAY_AUTH_MODE=token" in refused.stderr and "Traceback" not in refused.stderr
+    done = subprocess.run(command, env={**environment, "RAY_AUTH_MODE": "token"},
+                          capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
 @pytest.mark.skipif(not hasattr(ray.exceptions, "AuthenticationError"),
                     reason="Ray 2.6 has no token authentication")
 @pytest.mark.slow
@@ -122,12 +134,7 @@ def test_the_readme_cluster_recipe_with_token_authentication(data_path, workdir)
                    f"--params_file={space}", f"--output={workdir / 'cluster'}", "--tool=ray",
                    "--algo=exhaustive", f"--ray_address=127.0.0.1:{port}"] + [
             f"--{key}={value}" for key, value in settings("SASRec", data_path).items()]
-        refused = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=300)
-        assert refused.returncode == 2, refused.stderr[-3000:]
-        assert "RAY_AUTH_MODE=token" in refused.stderr and "Traceback" not in refused.stderr
-        done = subprocess.run(command, env={**environment, "RAY_AUTH_MODE": "token"},
-                              capture_output=True, text=True, timeout=400)
-        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        refused_without_the_token(command, environment)
         trials = read_trials(str(workdir / "cluster"))
         assert len(trials) == 2 and trials[0]["status"] == "ok", trials
 
@@ -137,12 +144,7 @@ def test_the_readme_cluster_recipe_with_token_authentication(data_path, workdir)
                 "--seeds=2"] + [f"--{key}={value}" for key, value in
                                 settings("SASRec", data_path).items()
                                 if key != "metrics"]  # --metrics: the table's, here
-        refused = subprocess.run(grid, env=environment, capture_output=True, text=True, timeout=300)
-        assert refused.returncode == 2, refused.stderr[-3000:]
-        assert "RAY_AUTH_MODE=token" in refused.stderr and "Traceback" not in refused.stderr
-        done = subprocess.run(grid, env={**environment, "RAY_AUTH_MODE": "token"},
-                              capture_output=True, text=True, timeout=400)
-        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        done = refused_without_the_token(grid, environment)
         assert "2 to run, Ray tasks of 1 CPUs and 0 GPUs each" in done.stdout
     finally:
         head.terminate()
