@@ -4,6 +4,7 @@ module with
     OPTIONS: {name: default}              # its options, the flags of the same name
     check(options)                        # ConfigError for a bad option, before anything starts
     connected(options)                    # context around the searches and cells (Ray's connection)
+    describe(options, todo) -> str        # how `todo` cells run, for the first line of the log
     search_options(options) -> {...}      # what a tuned grid's searches pass to `tune`
     run_cells(cells, config_files, output, options, on_done)
 

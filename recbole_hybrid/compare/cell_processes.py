@@ -30,6 +30,10 @@ def connected(options):
     return contextlib.nullcontext()
 
 
+def describe(options, todo):
+    return f", {options['jobs']} at a time" if options["jobs"] > 1 and todo > 1 else ""
+
+
 def search_options(options):
     return {}  # a tuned grid's searches run as `tune` runs them by default
 

@@ -60,6 +60,11 @@ def connected(options):
         yield
 
 
+def describe(options, todo):
+    return (f", Ray tasks of {options['cpus_per_cell']:g} CPUs and {options['gpus_per_cell']:g} "
+            "GPUs each" if todo else "")
+
+
 def search_options(options):
     """A tuned grid's Ray searches: each trial takes what a cell takes."""
     return {"cpus_per_trial": options["cpus_per_cell"], "gpus_per_trial": options["gpus_per_cell"],

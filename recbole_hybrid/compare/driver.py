@@ -28,9 +28,9 @@ GRID_FILE = "grid.json"  # the grid of the last run in an output folder, for --r
 
 def compare(grid, output="comparison", rerun=False, log=print, engine="local", **options):
     """Runs a tuned grid's missing searches (`searches`), then the grid's missing cells,
-    each in a fresh process, with the engine `engine` (`cell_engines`) and its `options` (local: `jobs`
-    at a time; ray: `ray_address`, `cpus_per_cell`, `gpus_per_cell`, `max_failures`); returns
-    the latest records. Ctrl-C or SIGTERM stops the running search or cells and raises
+    each in a fresh process, with the engine `engine` (`cell_engines`) and its `options`
+    (local: `jobs` at a time; ray: `ray_address`, `cpus_per_cell`, `gpus_per_cell`,
+    `max_failures`); returns the latest records. Ctrl-C or SIGTERM stops the running search or cells and raises
     Interrupted; what finished stays."""
     cell_engine = cell_engines.engine(engine)
     options = cell_engines.engine_options(engine, options)
@@ -72,7 +72,7 @@ def _compare(grid, output, rerun, cell_engine, options, log):
             todo.remove(cell)
     log(f"{len(cells)} cells, {len(cells) - len(todo)} already done in "
         f"{os.path.join(output, results.RESULTS_FILE)}, {len(todo)} to run"
-        + _how(options, len(todo)))
+        + cell_engine.describe(options, len(todo)))
     started, finished = time.time(), []
 
     def on_done(cell, outcome, log_file):
@@ -91,13 +91,6 @@ def _compare(grid, output, rerun, cell_engine, options, log):
     if not todo:
         write_reports(grid, output)
     return results.latest_of(output, grid)
-
-
-def _how(options, todo):
-    if "cpus_per_cell" in options:
-        return (f", Ray tasks of {options['cpus_per_cell']:g} CPUs and "
-                f"{options['gpus_per_cell']:g} GPUs each" if todo else "")
-    return f", {options['jobs']} at a time" if options["jobs"] > 1 and todo > 1 else ""
 
 
 def write_reports(grid, output):
