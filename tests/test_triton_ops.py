@@ -17,9 +17,12 @@ if not torch.cuda.is_available():
 
 pytest.importorskip("triton", reason="the Triton kernels need the triton package")
 
+from triton.runtime.errors import OutOfResources  # noqa: E402
+
+from recbole_hybrid.errors import ConfigError  # noqa: E402
 from recbole_hybrid.modules import Mamba  # noqa: E402
 from recbole_hybrid.ops import causal_conv1d, selective_scan  # noqa: E402
-from recbole_hybrid.ops import triton_conv, triton_scan  # noqa: E402
+from recbole_hybrid.ops import triton_conv, triton_fallback, triton_scan  # noqa: E402
 from test_conv_cpu import conv_inputs, reference_conv  # noqa: E402
 from test_selective_scan import VARIANTS, make_inputs, reference_scan, relative_error  # noqa: E402
 
@@ -173,6 +176,75 @@ def test_mamba_block_on_triton_matches_torch_path(tiny_blocks):
     assert relative_error(out, ref_out) <= 1e-10
     for name in grads:
         assert relative_error(grads[name], ref_grads[name]) <= 1e-10, name
+
+
+def block_and_grads(block, x, impl):
+    """The block's output on `impl` and the gradients of its parameters."""
+    block.impl = impl
+    block.zero_grad()
+    out = block(x)
+    out.square().sum().backward()
+    return out.detach(), {n: p.grad.clone() for n, p in block.named_parameters()}
+
+
+def cannot_launch(*args, **kwargs):
+    """What Triton raises for a kernel the card cannot run."""
+    raise OutOfResources(300000, 98304, "shared memory")
+
+
+@pytest.fixture
+def fresh_process(monkeypatch):
+    """Triton has not failed in this process yet (the fallback's state is per process)."""
+    monkeypatch.setattr(triton_fallback, "_failed", {})
+
+
+@pytest.mark.parametrize("where", ["forward", "backward"])
+def test_triton_kernels_that_cannot_launch_fall_back_with_one_warning(
+        where, tiny_blocks, fresh_process, monkeypatch, recwarn):
+    """A launch failure of the Triton kernels (simulated, as on a card they do not fit): the
+    ops take the torch path with one warning, and give its results (the backward's case:
+    Triton's output, gradients recomputed on the torch path); later calls go there at once."""
+    torch.manual_seed(0)
+    block = Mamba(d_model=4, d_state=4, d_conv=3, expand=1.5).double().to(DEVICE)
+    x = torch.randn(2, 4, 4, dtype=torch.float64, device=DEVICE)
+    ref_out, ref_grads = block_and_grads(block, x, "torch")
+    if where == "forward":
+        monkeypatch.setattr(triton_scan, "_Launch", cannot_launch)
+        monkeypatch.setattr(triton_conv, "_grid", cannot_launch)
+    else:
+        monkeypatch.setattr(triton_scan, "_backward", cannot_launch)
+        monkeypatch.setattr(triton_conv, "_backward", cannot_launch)
+    for _ in range(2):
+        out, grads = block_and_grads(block, x, "triton")
+        assert relative_error(out, ref_out) <= 1e-10
+        for name in grads:
+            assert relative_error(grads[name], ref_grads[name]) <= 1e-10, name
+    (warning,) = [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+    assert "its kernel failed to compile or launch (OutOfResources: out of resource: shared " \
+           "memory" in str(warning.message)
+    assert "this package's own path (PyTorch on CUDA, C++ on CPU)" in str(warning.message)
+
+
+def test_an_error_that_is_not_triton_s_is_not_taken_for_a_failed_kernel(
+        tiny_blocks, fresh_process, monkeypatch):
+    def wrong(*args, **kwargs):
+        raise ValueError("a bug of ours")
+
+    monkeypatch.setattr(triton_scan, "_Launch", wrong)
+    inputs = on_device(make_inputs(5, torch.float64, True, True, True, batch=1, d_inner=4))
+    with pytest.raises(ValueError, match="a bug of ours"):
+        triton_path(**inputs, delta_softplus=True)
+    assert triton_fallback._failed == {}
+
+
+def test_cards_older_than_volta_do_not_try_triton_and_bfloat16_needs_ampere():
+    assert triton_fallback.capability_reason((7, 0), "Tesla V100") is None
+    assert triton_fallback.capability_reason((6, 0), "Tesla P100") == (
+        "Tesla P100 has compute capability 6.0, and Triton compiles for 7.0 and above")
+    triton_fallback.check_bfloat16((8, 0), "A100")
+    with pytest.raises(ConfigError, match=r"bfloat16 on Tesla V100 \(compute capability 7.0\)"
+                       r".*use float16 instead"):
+        triton_fallback.check_bfloat16((7, 0), "Tesla V100")
 
 
 @CUDA_ONLY

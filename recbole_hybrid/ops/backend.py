@@ -11,7 +11,9 @@
 An explicit `impl` other than "auto" (a model's `mamba_impl` config key) wins over the
 environment variable RECBOLE_HYBRID_MAMBA_IMPL, which wins over "auto" (the models' default). Nothing here imports mamba_ssm,
 causal_conv1d or triton until they are asked for; forcing one that cannot run here is a
-ConfigError saying what to do.
+ConfigError saying what to do. Where Triton cannot run on a card (older than compute
+capability 7.0, or its kernel failed to compile or launch), "triton" becomes "native" with
+one warning (`triton_fallback`); bfloat16 on a card without it is a ConfigError.
 """
 
 import importlib
@@ -20,6 +22,7 @@ import os
 import torch
 
 from recbole_hybrid.errors import ConfigError
+from recbole_hybrid.ops import triton_fallback
 
 IMPLS = ("auto", "kernel", "torch", "triton")
 ENV_VAR = "RECBOLE_HYBRID_MAMBA_IMPL"
@@ -72,6 +75,7 @@ def scan_path(impl, tensor):
     """"kernel" (mamba_ssm), "triton", or "native" (this package's C++ / PyTorch scan) for
     a selective scan on `tensor`."""
     chosen = requested_impl(impl)
+    triton_fallback.check_dtype(tensor)
     if chosen == "kernel":
         check(chosen, tensor.device)
         return "kernel"
@@ -81,7 +85,9 @@ def scan_path(impl, tensor):
 def conv_path(impl, tensor):
     """"kernel" (causal_conv1d), "triton" or "native" for a causal convolution on `tensor`;
     "kernel" forces only the scan, as in mamba_ssm."""
-    return _path(requested_impl(impl), tensor, CONV_KERNEL)
+    chosen = requested_impl(impl)
+    triton_fallback.check_dtype(tensor)
+    return _path(chosen, tensor, CONV_KERNEL)
 
 
 def _path(chosen, tensor, kernel_module):
@@ -89,12 +95,13 @@ def _path(chosen, tensor, kernel_module):
         return "native"
     if chosen == "triton":
         check(chosen, tensor.device)
-        return "triton"
+        return "native" if triton_fallback.unfit(tensor) else "triton"
     if not tensor.is_cuda:
         return "native"
     if kernel_available(kernel_module):
         return "kernel"
-    return "triton" if kernel_available("triton") else "native"
+    return "triton" if kernel_available("triton") and not triton_fallback.unfit(tensor) \
+        else "native"
 
 
 def kernel_available(module):

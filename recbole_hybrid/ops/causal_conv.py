@@ -11,7 +11,7 @@ neither applies. The Triton and C++ outputs have that layout too.
 import torch
 import torch.nn.functional as F
 
-from recbole_hybrid.ops import backend, cpp_extension
+from recbole_hybrid.ops import backend, cpp_extension, triton_fallback
 
 
 def causal_conv1d(x, weight, bias=None, activation=None, *, impl=None):
@@ -24,16 +24,24 @@ def causal_conv1d(x, weight, bias=None, activation=None, *, impl=None):
         from causal_conv1d import causal_conv1d_fn
 
         return causal_conv1d_fn(x, weight, bias, activation=activation)
+    silu = activation is not None
     if path == "triton":
         from recbole_hybrid.ops import triton_conv
 
-        return triton_conv.causal_conv1d(x, weight, bias, activation is not None)
+        return triton_fallback.run(
+            lambda: triton_conv.causal_conv1d(x, weight, bias, silu, native_conv),
+            lambda: native_conv(x, weight, bias, silu))
+    return native_conv(x, weight, bias, silu)
+
+
+def native_conv(x, weight, bias, silu):
+    """This package's own path: C++ on float CPU tensors, else PyTorch's conv1d."""
     if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) \
             and cpp_extension.load() is not None:
-        return CpuCausalConv.apply(x, weight, bias, activation is not None)
+        return CpuCausalConv.apply(x, weight, bias, silu)
     channels, width = weight.shape
     out = F.conv1d(F.pad(x, (width - 1, 0)), weight[:, None, :], bias, groups=channels)
-    return F.silu(out) if activation else out
+    return F.silu(out) if silu else out
 
 
 class CpuCausalConv(torch.autograd.Function):

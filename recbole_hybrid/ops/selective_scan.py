@@ -27,7 +27,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from recbole_hybrid.ops import backend, cpp_extension
+from recbole_hybrid.ops import backend, cpp_extension, triton_fallback
 
 CHUNK_LEN = 10
 LOG2_E = math.log2(math.e)
@@ -46,13 +46,15 @@ def selective_scan(
             u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state
         )
     _check_shapes(u, delta, A, B, C, D, z, delta_bias)
+    inputs = (u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     if path == "triton":
         from recbole_hybrid.ops import triton_scan
 
-        scan = triton_scan.selective_scan
+        out, last_state = triton_fallback.run(
+            lambda: triton_scan.selective_scan(*inputs, native=SelectiveScan.apply),
+            lambda: SelectiveScan.apply(*inputs))
     else:
-        scan = SelectiveScan.apply
-    out, last_state = scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+        out, last_state = SelectiveScan.apply(*inputs)
     return (out, last_state) if return_last_state else out
 
 

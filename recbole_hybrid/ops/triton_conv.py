@@ -13,21 +13,24 @@ import torch
 import triton
 import triton.language as tl
 
+from recbole_hybrid.ops import triton_fallback
 from recbole_hybrid.ops.triton_scan import channel_vector
 
 BLOCK_D, BLOCK_L = 32, 32
 
 
-def causal_conv1d(x, weight, bias=None, silu=False):
+def causal_conv1d(x, weight, bias, silu, native):
     """x (batch, channels, L) with any strides, weight (channels, W), bias (channels,) or
-    None: out (batch, channels, L), a view of a (batch, L, channels) tensor."""
-    return TritonConv.apply(x, weight, bias, silu)
+    None: out (batch, channels, L), a view of a (batch, L, channels) tensor. `native(x,
+    weight, bias, silu)` (the same op on the native path) computes the gradients where the
+    backward kernel cannot compile or launch."""
+    return TritonConv.apply(x, weight, bias, silu, native)
 
 
 class TritonConv(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, silu):
-        ctx.silu = silu
+    def forward(ctx, x, weight, bias, silu, native):
+        ctx.silu, ctx.native = silu, native
         ctx.save_for_backward(x, weight, bias)
         batch, channels, length = x.shape
         out = torch.empty(batch, length, channels, dtype=x.dtype, device=x.device).transpose(1, 2)
@@ -39,24 +42,34 @@ class TritonConv(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
-        x, weight, bias = ctx.saved_tensors
-        batch, channels, length = x.shape
-        grid = _grid(x)
-        grad_x = torch.empty(batch, length, channels, dtype=x.dtype, device=x.device)
-        grad_x = grad_x.transpose(1, 2)
-        compute = torch.float64 if x.dtype == torch.float64 else torch.float32
-        programs = batch * grid[2]  # partial sums of weight's and bias's gradients
-        grad_weight_parts = torch.empty(programs, channels, weight.shape[1], dtype=compute,
-                                        device=x.device)
-        grad_bias_parts = torch.empty(programs, channels, dtype=compute, device=x.device)
-        _backward_kernel[grid](
-            x, *x.stride(), weight, *weight.stride(), bias if bias is not None else weight,
-            grad_out, *grad_out.stride(), grad_x, *grad_x.stride(),
-            grad_weight_parts, grad_bias_parts, channels, length,
-            **_constants(x, weight, bias, ctx.silu),
-        )
-        grad_bias = grad_bias_parts.sum(0).to(bias.dtype) if bias is not None else None
-        return grad_x, grad_weight_parts.sum(0).to(weight.dtype), grad_bias, None
+        grads = triton_fallback.run(
+            lambda: _backward(ctx, grad_out),
+            lambda: triton_fallback.native_grads(
+                lambda x, weight, bias: (ctx.native(x, weight, bias, ctx.silu),),
+                ctx.saved_tensors, (grad_out,)))
+        return (*grads, None, None)
+
+
+def _backward(ctx, grad_out):
+    """The gradients of x, weight and bias, by the backward kernel."""
+    x, weight, bias = ctx.saved_tensors
+    batch, channels, length = x.shape
+    grid = _grid(x)
+    grad_x = torch.empty(batch, length, channels, dtype=x.dtype, device=x.device)
+    grad_x = grad_x.transpose(1, 2)
+    compute = torch.float64 if x.dtype == torch.float64 else torch.float32
+    programs = batch * grid[2]  # partial sums of weight's and bias's gradients
+    grad_weight_parts = torch.empty(programs, channels, weight.shape[1], dtype=compute,
+                                    device=x.device)
+    grad_bias_parts = torch.empty(programs, channels, dtype=compute, device=x.device)
+    _backward_kernel[grid](
+        x, *x.stride(), weight, *weight.stride(), bias if bias is not None else weight,
+        grad_out, *grad_out.stride(), grad_x, *grad_x.stride(),
+        grad_weight_parts, grad_bias_parts, channels, length,
+        **_constants(x, weight, bias, ctx.silu),
+    )
+    grad_bias = grad_bias_parts.sum(0).to(bias.dtype) if bias is not None else None
+    return grad_x, grad_weight_parts.sum(0).to(weight.dtype), grad_bias
 
 
 def _grid(x):

@@ -23,6 +23,8 @@ import torch
 import triton
 import triton.language as tl
 
+from recbole_hybrid.ops import triton_fallback
+
 CHUNK = 16  # steps between the states the backward keeps
 
 
@@ -37,16 +39,18 @@ def block_sizes(d_state):
 LOG2_E = tl.constexpr(1.4426950408889634)
 
 
-def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
+def selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, native):
     """(out (batch, d_inner, L) in u's dtype, last state (batch, d_inner, d_state) in the
-    compute dtype); inputs as in recbole_hybrid.ops.selective_scan, any strides."""
-    return TritonScan.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    compute dtype); inputs as in recbole_hybrid.ops.selective_scan, any strides. `native`
+    (the same op on the native path) computes the gradients where the backward kernel
+    cannot compile or launch."""
+    return TritonScan.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, native)
 
 
 class TritonScan(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus):
-        ctx.delta_softplus = delta_softplus
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, native):
+        ctx.delta_softplus, ctx.native = delta_softplus, native
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias)
         launch = _Launch(u, A, delta_softplus)
         out = _channels_last(u.shape, u.dtype, u.device)
@@ -60,43 +64,52 @@ class TritonScan(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out, grad_last_state):
-        u, delta, A, B, C, D, z, delta_bias = ctx.saved_tensors
-        launch = _Launch(u, A, ctx.delta_softplus)
-        batch, d_inner, d_state = launch.batch, launch.d_inner, launch.d_state
-        length = launch.length
-        n_chunks = triton.cdiv(length, CHUNK)
-        compute, device = launch.compute, u.device
-        chunk_starts = torch.empty(batch, n_chunks, d_inner, d_state, dtype=compute, device=device)
-        n_blocks = launch.grid[1]
-        scratch = torch.empty(batch * n_blocks * (CHUNK + 1) * launch.block_d * launch.block_n,
-                              dtype=compute, device=device)
-        grad_u = _channels_last(u.shape, u.dtype, device)
-        grad_delta = _channels_last(u.shape, delta.dtype, device)
-        grad_z = _channels_last(u.shape, z.dtype, device) if z is not None else grad_u
-        grad_B = torch.zeros(batch, length, d_state, dtype=compute, device=device)
-        grad_C = torch.zeros_like(grad_B)
-        # per batch row, summed below
-        grad_A_parts = torch.empty(batch, d_inner, d_state, dtype=compute, device=device)
-        grad_D_parts = torch.empty(batch, d_inner, dtype=compute, device=device)
-        grad_bias_parts = torch.empty_like(grad_D_parts)
-        _backward_kernel[launch.grid](
-            *launch.pointers_and_strides(u, delta, A, B, C, D, z, delta_bias),
-            grad_out, *grad_out.stride(),
-            grad_last_state.contiguous() if grad_last_state is not None else grad_out,
-            chunk_starts, n_chunks, scratch,
-            grad_u, grad_delta, grad_z, *grad_u.stride(),
-            grad_B, grad_C, grad_A_parts, grad_D_parts, grad_bias_parts,
-            HAS_GRAD_LAST=grad_last_state is not None, CHUNK=CHUNK,
-            **launch.constants(D, z, delta_bias),
-        )
-        return (
-            grad_u, grad_delta, grad_A_parts.sum(0).to(A.dtype),
-            grad_B.transpose(1, 2).to(B.dtype), grad_C.transpose(1, 2).to(C.dtype),
-            grad_D_parts.sum(0).to(D.dtype) if D is not None else None,
-            grad_z if z is not None else None,
-            grad_bias_parts.sum(0).to(delta_bias.dtype) if delta_bias is not None else None,
-            None,
-        )
+        grads = triton_fallback.run(
+            lambda: _backward(ctx, grad_out, grad_last_state),
+            lambda: triton_fallback.native_grads(
+                lambda *inputs: ctx.native(*inputs, ctx.delta_softplus), ctx.saved_tensors,
+                (grad_out, grad_last_state)))
+        return (*grads, None, None)
+
+
+def _backward(ctx, grad_out, grad_last_state):
+    """The gradients of the 8 tensor inputs, by the backward kernel."""
+    u, delta, A, B, C, D, z, delta_bias = ctx.saved_tensors
+    launch = _Launch(u, A, ctx.delta_softplus)
+    batch, d_inner, d_state = launch.batch, launch.d_inner, launch.d_state
+    length = launch.length
+    n_chunks = triton.cdiv(length, CHUNK)
+    compute, device = launch.compute, u.device
+    chunk_starts = torch.empty(batch, n_chunks, d_inner, d_state, dtype=compute, device=device)
+    n_blocks = launch.grid[1]
+    scratch = torch.empty(batch * n_blocks * (CHUNK + 1) * launch.block_d * launch.block_n,
+                          dtype=compute, device=device)
+    grad_u = _channels_last(u.shape, u.dtype, device)
+    grad_delta = _channels_last(u.shape, delta.dtype, device)
+    grad_z = _channels_last(u.shape, z.dtype, device) if z is not None else grad_u
+    grad_B = torch.zeros(batch, length, d_state, dtype=compute, device=device)
+    grad_C = torch.zeros_like(grad_B)
+    # per batch row, summed below
+    grad_A_parts = torch.empty(batch, d_inner, d_state, dtype=compute, device=device)
+    grad_D_parts = torch.empty(batch, d_inner, dtype=compute, device=device)
+    grad_bias_parts = torch.empty_like(grad_D_parts)
+    _backward_kernel[launch.grid](
+        *launch.pointers_and_strides(u, delta, A, B, C, D, z, delta_bias),
+        grad_out, *grad_out.stride(),
+        grad_last_state.contiguous() if grad_last_state is not None else grad_out,
+        chunk_starts, n_chunks, scratch,
+        grad_u, grad_delta, grad_z, *grad_u.stride(),
+        grad_B, grad_C, grad_A_parts, grad_D_parts, grad_bias_parts,
+        HAS_GRAD_LAST=grad_last_state is not None, CHUNK=CHUNK,
+        **launch.constants(D, z, delta_bias),
+    )
+    return (
+        grad_u, grad_delta, grad_A_parts.sum(0).to(A.dtype),
+        grad_B.transpose(1, 2).to(B.dtype), grad_C.transpose(1, 2).to(C.dtype),
+        grad_D_parts.sum(0).to(D.dtype) if D is not None else None,
+        grad_z if z is not None else None,
+        grad_bias_parts.sum(0).to(delta_bias.dtype) if delta_bias is not None else None,
+    )
 
 
 class _Launch:
