@@ -134,3 +134,59 @@ def test_same_function_as_mamba_ssm_on_cuda():
     assert (outputs[0] - outputs[1]).norm() / outputs[0].norm() < 1e-4
     for name in grads[0]:
         assert (grads[0][name] - grads[1][name]).norm() / grads[0][name].norm() < 1e-3, name
+
+
+def assert_autocast_near_float32(block, x, dtype, scaler=None):
+    """The block under autocast to `dtype` against float32: the output in `dtype`, near;
+    the parameters' gradients (through `scaler` where given, unscaled) float32 and near:
+    within 1% but for the sums over every step with cancellation (dt_proj.bias, about 6%),
+    so the bound of 0.1 is the half precision's own rounding of the projections, not the
+    Mamba ops' (those are checked against float64 in test_selective_scan, test_triton_ops)."""
+    results = []
+    for amp in (False, True):
+        block.zero_grad()
+        with torch.autocast(x.device.type, dtype=dtype, enabled=amp):
+            out = block(x)
+        loss = out.float().square().mean()
+        scale = scaler.get_scale() if amp and scaler is not None else 1.0
+        (scaler.scale(loss) if amp and scaler is not None else loss).backward()
+        results.append((out, {n: p.grad / scale for n, p in block.named_parameters()}))
+    (out32, grads32), (out16, grads16) = results
+    assert out32.dtype == torch.float32 and out16.dtype == dtype
+    assert ((out16.float() - out32).norm() / out32.norm()).item() < 2e-2
+    for name, grad in grads16.items():
+        assert grad.dtype == torch.float32 and torch.isfinite(grad).all(), name
+        error = ((grad - grads32[name]).norm() / grads32[name].norm()).item()
+        assert error < 0.1, (name, error)
+
+
+@pytest.mark.parametrize("core", ["cpp", "pytorch"])
+def test_cpu_autocast_bfloat16_keeps_float32_state_and_gradients(core, monkeypatch):
+    """RecBole's enable_amp on a CPU is autocast to bfloat16: the block's projections run in
+    bfloat16, the scan and the convolution upcast and sum in float32 (the C++ core, or the
+    PyTorch core where the C++ kernels cannot be built); a GradScaler scales the loss."""
+    from recbole_hybrid.ops import cpp_extension
+    from recbole_hybrid.ops.selective_scan import CppCore
+
+    if core == "pytorch":
+        monkeypatch.setattr(CppCore, "serves", staticmethod(lambda tensor: False))
+    elif cpp_extension.load() is None:
+        pytest.skip("the C++ kernels cannot be built here")
+    torch.manual_seed(0)
+    assert_autocast_near_float32(Mamba(d_model=16, d_state=8), torch.randn(2, 12, 16),
+                                 torch.bfloat16, torch.amp.GradScaler("cpu"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA's float16 autocast needs CUDA")
+@pytest.mark.parametrize("impl", ["kernel", "triton", "torch"])
+def test_cuda_autocast_float16_with_a_grad_scaler_on_every_path(impl):
+    """enable_amp and enable_scaler on CUDA (float16, as on a V100) on each path."""
+    from recbole_hybrid.ops import backend
+
+    module = {"kernel": backend.SCAN_KERNEL, "triton": "triton"}.get(impl)
+    if module and not backend.kernel_available(module):
+        pytest.skip(f"{module} is not installed")
+    torch.manual_seed(0)
+    block = Mamba(d_model=64, d_state=16, impl=impl).cuda()
+    assert_autocast_near_float32(block, torch.randn(8, 50, 64, device="cuda"), torch.float16,
+                                 torch.amp.GradScaler("cuda"))

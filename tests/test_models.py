@@ -243,3 +243,17 @@ def test_the_run_script_reports_impossible_hyperparameters(data_path, workdir):
         cwd=workdir, capture_output=True, text=True)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "must be divisible by n_heads" in done.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", MODELS)
+def test_one_epoch_with_enable_amp_and_enable_scaler(model, data_path, workdir):
+    """RecBole's mixed precision (autocast: bfloat16 on a CPU, float16 on CUDA) and its
+    GradScaler: the run ends (a NaN loss would stop it with "training diverged") with the
+    metrics of float32 within noise."""
+    results = [run(model, "tiny", overrides=dict(SMALL, data_path=data_path, epochs=2,
+                                                 enable_amp=amp, enable_scaler=amp),
+                   output_dir=str(workdir / "runs"), scope="any") for amp in (False, True)]
+    full, mixed = (r["test_result"] for r in results)
+    for metric, value in full.items():
+        assert abs(mixed[metric] - value) <= 0.02, (metric, value, mixed[metric])

@@ -150,6 +150,30 @@ def test_half_precision_accumulates_in_float32(core):
     assert relative_error(out.float(), ref) < 3e-2  # bf16 inputs and output rounding only
 
 
+@pytest.mark.parametrize("dtype,tolerance", [(torch.bfloat16, 1e-2), (torch.float16, 2e-3)])
+def test_half_precision_parity_with_gradients(core, dtype, tolerance):
+    """What autocast hands the scan (half-precision inputs): output and every gradient in
+    the inputs' dtype, against the float64 reference on the same rounded inputs (the sums
+    are float32: only the final rounding to the dtype differs)."""
+    inputs = make_inputs(13, torch.float64, True, True, True, batch=2, d_inner=3, d_state=4)
+    half = {k: v.detach().to(dtype).requires_grad_() for k, v in inputs.items()}
+    exact = {k: v.detach().double().requires_grad_() for k, v in half.items()}
+    results = []
+    for tensors, scan in ((half, selective_scan), (exact, reference_scan)):
+        out, last = scan(**tensors, delta_softplus=True, **(
+            {"return_last_state": True} if scan is selective_scan else {}))
+        g = torch.Generator().manual_seed(1)
+        loss = (out.double() * torch.randn(out.shape, generator=g, dtype=torch.float64)).sum() \
+            + (last.double() * torch.randn(last.shape, generator=g, dtype=torch.float64)).sum()
+        results.append((out, last, torch.autograd.grad(loss, list(tensors.values()))))
+    (out, last, grads), (ref_out, ref_last, ref_grads) = results
+    assert out.dtype == dtype and last.dtype == torch.float32
+    assert relative_error(out.double(), ref_out) <= tolerance
+    assert relative_error(last.double(), ref_last) <= 1e-5
+    for name, grad, ref in zip(half, grads, ref_grads):
+        assert grad.dtype == dtype and relative_error(grad.double(), ref) <= tolerance, name
+
+
 def test_long_sequences_with_large_steps_stay_finite(core):
     inputs = make_inputs(500, torch.float32, True, True, True)
     inputs["delta"] = (inputs["delta"].detach() * 40).requires_grad_()  # exp(delta*A) underflows to 0

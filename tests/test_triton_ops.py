@@ -117,10 +117,12 @@ def test_scan_reads_any_layout(tiny_blocks):
         assert relative_error(tensor.grad.cpu(), ref_grads[name]) <= 1e-9, name
 
 
-@pytest.mark.parametrize("dtype,tolerance", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)])
+@pytest.mark.parametrize("dtype,tolerance", [(torch.float32, 1e-5), (torch.float16, 2e-3),
+                                             (torch.bfloat16, 1e-2)])
 def test_scan_low_precision(tiny_blocks, dtype, tolerance):
-    """float32 and bfloat16 inputs, float32 sums: against the float64 reference on the same
-    (rounded) inputs; bfloat16 outputs and gradients are rounded to bfloat16 at the end."""
+    """float32, float16 (V100's autocast) and bfloat16 inputs, float32 sums: against the
+    float64 reference on the same (rounded) inputs; half-precision outputs and gradients are
+    rounded to their dtype at the end (float16: 11 bits, bfloat16: 8)."""
     inputs = make_inputs(5, torch.float64, True, True, True, batch=1, d_inner=6)
     low = on_device(inputs, dtype)
     expected = scan_and_grads(reference_scan, on_device({k: v.double() if v is not None else None
@@ -158,6 +160,23 @@ def test_conv_float64_parity(tiny_blocks, silu, with_bias, width, channels_last)
     assert relative_error(out.detach().cpu(), expected.detach()) <= 1e-12
     for name, grad, ref in zip(("x", "weight", "bias"), grads, ref_grads):
         assert relative_error(grad.cpu(), ref) <= 1e-12, name
+
+
+@pytest.mark.parametrize("dtype,tolerance", [(torch.float16, 2e-3), (torch.bfloat16, 1e-2)])
+def test_conv_low_precision(tiny_blocks, dtype, tolerance):
+    """Half-precision x, weight and bias (float32 sums): against the float64 reference on
+    the same rounded inputs, the output and gradients in the inputs' dtype."""
+    (x, weight, bias), grad_out = conv_inputs(2, 6, 5, 4, torch.float64, True, True)
+    low = [t.detach().to(DEVICE, dtype).requires_grad_() for t in (x, weight, bias)]
+    rounded = [t.detach().double().cpu().requires_grad_() for t in low]
+    expected = reference_conv(*rounded, True)
+    ref_grads = torch.autograd.grad(expected, rounded, grad_out.to(dtype).double())
+    out = causal_conv1d(*low, "silu", impl="triton")
+    grads = torch.autograd.grad(out, low, grad_out.to(DEVICE, dtype))
+    assert out.dtype == dtype and all(g.dtype == dtype for g in grads)
+    assert relative_error(out.detach().double().cpu(), expected.detach()) <= tolerance
+    for name, grad, ref in zip(("x", "weight", "bias"), grads, ref_grads):
+        assert relative_error(grad.double().cpu(), ref) <= tolerance, name
 
 
 def test_mamba_block_on_triton_matches_torch_path(tiny_blocks):
