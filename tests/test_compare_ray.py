@@ -34,9 +34,9 @@ def compare_command(grid, output, *extra):
     (["--engine", "ray", "--cpus_per_cell", "0"], ["--cpus_per_cell=0.0", "above 0"]),
     (["--engine", "ray", "--max_failures", "-1"], ["--max_failures=-1", "at least 0"]),
     (["--engine", "ray", "--gpus_per_cell", "1.5"], ["--gpus_per_cell=1.5", "fraction below 1"]),
-    (["--engine", "ray", "--jobs", "2"], ["--jobs apply to --engine local, not ray",
+    (["--engine", "ray", "--jobs", "2"], ["--jobs applies to --engine local, not ray",
                                           "as many cells at once"]),
-    (["--cpus_per_cell", "2"], ["--cpus_per_cell apply to --engine ray, not local"]),
+    (["--cpus_per_cell", "2"], ["--cpus_per_cell applies to --engine ray, not local"]),
     (["--engine", "ray", "--ray_address", "nonsense"], ["--ray_address=nonsense", "HOST:PORT"]),
 ])
 def test_bad_engine_flags_are_one_paragraph_before_anything_trains(

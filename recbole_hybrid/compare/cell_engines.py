@@ -36,7 +36,8 @@ def engine_options(name, given):
     if foreign:
         owners = {k: n for n in ENGINES for k in engine(n).OPTIONS}
         raise ConfigError(
-            ", ".join(f"--{k}" for k in foreign) + f" apply to --engine {owners.get(foreign[0], '?')}"
+            ", ".join(f"--{k}" for k in foreign) + (" applies" if len(foreign) == 1 else " apply")
+            + f" to --engine {owners.get(foreign[0], '?')}"
             f", not {name}" + (": Ray runs as many cells at once as the cluster's CPUs (and "
                                "GPUs) allow for --cpus_per_cell" if "jobs" in foreign else ""))
     options = {**module.OPTIONS, **{k: v for k, v in given.items() if v is not None}}

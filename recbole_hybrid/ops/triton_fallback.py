@@ -9,6 +9,7 @@ directly. Either way one warning names the reason and the route, once per proces
 on a card without it is a ConfigError that advises float16, before any kernel runs.
 """
 
+import functools
 import warnings
 
 import torch
@@ -27,12 +28,17 @@ def unfit(tensor):
     if "reason" in _failed:
         return _failed["reason"]
     if tensor.is_cuda:
-        reason = capability_reason(torch.cuda.get_device_capability(tensor.device),
-                                   torch.cuda.get_device_name(tensor.device))
+        reason = capability_reason(*_card(tensor.get_device()))
         if reason:
             _give_up(reason)
             return reason
     return None
+
+
+@functools.lru_cache(maxsize=None)
+def _card(index):
+    """(compute capability, name) of CUDA device `index`, asked once: the ops ask every step."""
+    return torch.cuda.get_device_capability(index), torch.cuda.get_device_name(index)
 
 
 def capability_reason(capability, name):
@@ -46,8 +52,7 @@ def capability_reason(capability, name):
 def check_dtype(tensor):
     """ConfigError for bfloat16 on a CUDA card without it."""
     if tensor.is_cuda and tensor.dtype == torch.bfloat16:
-        check_bfloat16(torch.cuda.get_device_capability(tensor.device),
-                       torch.cuda.get_device_name(tensor.device))
+        check_bfloat16(*_card(tensor.get_device()))
 
 
 def check_bfloat16(capability, name):
