@@ -80,32 +80,12 @@ class Worker:
 def serve(model_name, batch, length, items):
     """Worker side: build the model, report, then one step per line on stdin."""
     import torch
-    from recbole.config import Config
-    from recbole.data.interaction import Interaction
-    from recbole.utils import get_model
 
     import recbole_hybrid
+    from step_common import training_setup
 
     folder = os.path.dirname(recbole_hybrid.__file__)
-    sys.argv = sys.argv[:1]  # RecBole's Config reads the command line
-    model_file = os.path.join(folder, "properties", "model", f"{model_name}.yaml")
-    config = Config(model=model_name, dataset="synthetic", config_file_list=[model_file],
-                    config_dict={"MAX_ITEM_LIST_LENGTH": length, "use_gpu": False,
-                                 "train_neg_sample_args": None})
-
-    class Items:  # the one thing a RecBole dataset tells a sequential model
-        def num(self, field):
-            return items + 1  # item ids 1..items, 0 is padding
-
-    torch.manual_seed(0)
-    model = get_model(model_name)(config, Items()).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    g = torch.Generator().manual_seed(1)
-    interaction = Interaction({
-        model.ITEM_SEQ: torch.randint(1, items + 1, (batch, length), generator=g),
-        model.ITEM_SEQ_LEN: torch.full((batch,), length),
-        model.POS_ITEM_ID: torch.randint(1, items + 1, (batch,), generator=g),
-    })
+    model, optimizer, interaction = training_setup(model_name, batch, length, items)
 
     def step():
         start, cpu_start = time.perf_counter(), time.process_time()
