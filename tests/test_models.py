@@ -188,6 +188,47 @@ def test_authors_and_native_mamba_initialisation(data_path):
     assert abs(block_a.in_proj.weight.std().item() - 0.02) < 0.005
 
 
+def all_positions(net, items, lengths):
+    """The model's representation computed at every position, then read out (the layers
+    called one after another, as their definitions say)."""
+    x = net.item_embedding(items)
+    if isinstance(net, get_model("Mamba4Rec")):
+        x = net.layer_norm(net.dropout(x))
+        for layer in net.layers:
+            x = layer(x)
+    else:
+        x = net.dropout(net.layer_norm(x))
+        mask = net.get_attention_mask(items)
+        for mamba, transformer in zip(net.mamba_layers, net.transformer_layers):
+            x = transformer(mamba(x), mask)
+    return net.gather_indexes(x, lengths - 1)
+
+
+@pytest.mark.parametrize("model,overrides", [
+    ("Mamba4Rec", {}), ("Mamba4Rec", {"num_layers": 2}), ("MaTrRec", {}),
+    ("MaTrRec", {"n_layers": 2}), ("MaTrRec", {"use_ffn": False}),
+    ("MaTrRec", {"use_residual": False}),
+])
+def test_the_last_feed_forward_runs_only_where_the_output_is_read(model, overrides, data_path):
+    """Forward runs the last (position-wise) feed-forward network on the read-out positions
+    only; the result is the one computed at every position, in float64 to rounding."""
+    net, _, _ = build(model, data_path, **overrides)
+    net = net.double()
+    items, lengths = random_sequences(net)
+    rows = []
+    last = net.layers[-1][1] if model == "Mamba4Rec" else net.transformer_layers[-1]
+    ffn = getattr(last, "feed_forward", None if model == "MaTrRec" else last)
+    if ffn is not None:
+        ffn.register_forward_hook(lambda module, inputs, output: rows.append(inputs[0].shape))
+    with torch.no_grad():
+        fast = net(items, lengths)
+        rows_fast = list(rows)
+        reference = all_positions(net, items, lengths)
+    assert torch.allclose(fast, reference, rtol=0, atol=1e-12)
+    if ffn is not None:
+        assert rows_fast == [(4, 16)] and rows[-1] == (4, 10, 16)
+
+
 def test_matrrec_ablation_switches(data_path):
     default, _, test = build("MaTrRec", data_path)
     interaction = next(iter(test))[0]

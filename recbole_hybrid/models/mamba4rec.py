@@ -34,6 +34,8 @@ class Mamba4Rec(TiedEmbeddingRecommender):
 
     def forward(self, item_seq, item_seq_len):
         x = self.layer_norm(self.dropout(self.item_embedding(item_seq)))
-        for layer in self.layers:
-            x = layer(x)
-        return self.gather_indexes(x, item_seq_len - 1)
+        for mamba, feed_forward in self.layers[:-1]:
+            x = feed_forward(mamba(x))
+        mamba, feed_forward = self.layers[-1]
+        # the feed-forward network is position-wise: the last one runs at the positions read out
+        return feed_forward(self.gather_indexes(mamba(x), item_seq_len - 1))

@@ -70,6 +70,12 @@ class MaTrRec(TiedEmbeddingRecommender):
             x = x + self.position_embedding(positions)
         x = self.dropout(self.layer_norm(x))
         mask = self.get_attention_mask(item_seq)  # causal, padding masked
-        for mamba, transformer in zip(self.mamba_layers, self.transformer_layers):
+        layers = list(zip(self.mamba_layers, self.transformer_layers))
+        for mamba, transformer in layers[:-1]:
             x = transformer(mamba(x), mask)
-        return self.gather_indexes(x, item_seq_len - 1)
+        mamba, transformer = layers[-1]
+        if isinstance(transformer, TransformerLayer):
+            # its feed-forward network is position-wise: the last one runs at the positions read out
+            x = transformer.multi_head_attention(mamba(x), mask)
+            return transformer.feed_forward(self.gather_indexes(x, item_seq_len - 1))
+        return self.gather_indexes(transformer(mamba(x), mask), item_seq_len - 1)
