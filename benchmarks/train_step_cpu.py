@@ -12,9 +12,12 @@ a process of its own, with its own C++ build; "after" is the package this Python
 The two processes take turns, one step each, so that load from other programs on the machine
 hits both alike; each uses torch's default number of threads. Reported: the median of
 --repeats steps after one warm-up step, in wall-clock seconds and in CPU seconds (all threads
-of the process; on a shared machine the steadier of the two), and the warm-up step's loss,
-which must agree between the two (same seed, same initial weights, same batch, same dropout
-masks).
+of the process; on a shared machine the steadier of the two), and the loss of the initial
+weights on the batch with dropout off (eval mode), which must agree between the two (same
+seed, same initial weights, same batch); the training losses differ by the dropout masks,
+which this package draws with its own generator since the C++ dropout.
+--profile N: after the timed steps each process profiles one more step (torch.profiler) and
+prints its N top rows by self CPU time.
 """
 
 import argparse
@@ -56,7 +59,7 @@ class Worker:
              str(items)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
         )
-        self.info = self.read()  # package path, threads, warm-up loss and seconds
+        self.info = self.read()  # package path, threads, eval loss, warm-up loss and seconds
 
     def read(self):
         for line in self.process.stdout:
@@ -71,6 +74,12 @@ class Worker:
         self.process.stdin.flush()
         reply = self.read()
         return reply["seconds"], reply["cpu_seconds"]
+
+    def profile(self, rows):
+        """The profiler's table of one training step, its top `rows` by self CPU time."""
+        self.process.stdin.write(f"profile {rows}\n")
+        self.process.stdin.flush()
+        return self.read()["table"]
 
     def close(self):
         self.process.stdin.close()
@@ -96,9 +105,23 @@ def serve(model_name, batch, length, items):
         return {"loss": loss.item(), "seconds": time.perf_counter() - start,
                 "cpu_seconds": time.process_time() - cpu_start}
 
-    reply({"package": folder, "threads": torch.get_num_threads(), **step()})
-    for _ in sys.stdin:
-        reply(step())
+    model.eval()
+    with torch.no_grad():
+        eval_loss = model.calculate_loss(interaction).item()
+    model.train()
+    reply({"package": folder, "threads": torch.get_num_threads(), "eval_loss": eval_loss,
+           **step()})
+    for line in sys.stdin:
+        if line.startswith("profile"):
+            from torch.profiler import ProfilerActivity, profile
+
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                step()
+            rows = int(line.split()[1])
+            reply({"table": prof.key_averages().table(sort_by="self_cpu_time_total",
+                                                      row_limit=rows, max_name_column_width=40)})
+        else:
+            reply(step())
 
 
 def reply(message):
@@ -112,6 +135,8 @@ def main():
     parser.add_argument("--shapes", default="2048x50,256x200", help="BATCHxL,...")
     parser.add_argument("--models", default="MaTrRec,Mamba4Rec")
     parser.add_argument("--items", type=int, default=3416, help="catalogue size (ML-1M's)")
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="print the N top rows of a profiled step per process")
     parser.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -134,14 +159,17 @@ def main():
             for _ in range(args.repeats):
                 for name, worker in workers.items():
                     seconds[name].append(worker.step())
-            for worker in workers.values():
+            for name, worker in workers.items():
+                if args.profile:
+                    print(f"\n{model} B={batch} L={length}, {name}: profile of one step\n"
+                          + worker.profile(args.profile), flush=True)
                 worker.close()
             rows.append((model, batch, length, {n: w.info for n, w in workers.items()}, seconds))
             print(f"{model} B={batch} L={length}: after imports {workers['after'].info['package']}; "
                   + "; ".join(f"{name} (wall, CPU) s " + str([(round(w, 2), round(c, 2)) for w, c in s])
                               for name, s in seconds.items()), flush=True)
     print("\n| model | batch | L | threads | before s/step | after s/step | after / before | "
-          "before CPU s/step | after CPU s/step | after / before (CPU) | warm-up loss before | after |")
+          "before CPU s/step | after CPU s/step | after / before (CPU) | eval loss before | after |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for model, batch, length, info, seconds in rows:
         wall = {name: statistics.median(w for w, _ in s) for name, s in seconds.items()}
@@ -149,7 +177,7 @@ def main():
         print(f"| {model} | {batch} | {length} | {info['after']['threads']} | "
               f"{wall['before']:.2f} | {wall['after']:.2f} | {wall['after'] / wall['before']:.2f}x | "
               f"{cpu['before']:.2f} | {cpu['after']:.2f} | {cpu['after'] / cpu['before']:.2f}x | "
-              f"{info['before']['loss']:.6f} | {info['after']['loss']:.6f} |")
+              f"{info['before']['eval_loss']:.6f} | {info['after']['eval_loss']:.6f} |")
 
 
 if __name__ == "__main__":

@@ -298,3 +298,16 @@ def test_one_epoch_with_enable_amp_and_enable_scaler(model, data_path, workdir):
     full, mixed = (r["test_result"] for r in results)
     for metric, value in full.items():
         assert abs(mixed[metric] - value) <= 0.02, (metric, value, mixed[metric])
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_every_dropout_is_the_fast_one(model, data_path):
+    """RecBole's layers inside MaTrRec included; the ablation's p=0 kept."""
+    from recbole_hybrid.modules import Dropout
+
+    for overrides in ({}, {"use_dropout": False}) if model == "MaTrRec" else ({},):
+        net, _, _ = build(model, data_path, **overrides)
+        dropouts = [m for m in net.modules() if isinstance(m, torch.nn.Dropout)]
+        assert dropouts and all(type(m) is Dropout for m in dropouts)
+        if overrides:
+            assert all(m.p == 0 for m in dropouts)

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from recbole.model.layers import ItemToInterestAggregation
 from torch import nn
 
-from recbole_hybrid.modules import Mamba
+from recbole_hybrid.modules import Dropout, Mamba
 
 LAYER_NORM_EPS = 1e-12
 
@@ -18,7 +18,7 @@ class ResidualMamba(nn.Module):
     def __init__(self, hidden_size, dropout_prob, residual=True, **mamba_kwargs):
         super().__init__()
         self.mamba = Mamba(d_model=hidden_size, **mamba_kwargs)
-        self.dropout = nn.Dropout(dropout_prob)
+        self.dropout = Dropout(dropout_prob)
         self.layer_norm = nn.LayerNorm(hidden_size, eps=LAYER_NORM_EPS)
         self.residual = residual
 
@@ -34,7 +34,7 @@ class FeedForward(nn.Module):
         super().__init__()
         self.dense_1 = nn.Linear(hidden_size, inner_size)
         self.dense_2 = nn.Linear(inner_size, hidden_size)
-        self.dropout = nn.Dropout(dropout_prob)
+        self.dropout = Dropout(dropout_prob)
         self.layer_norm = nn.LayerNorm(hidden_size, eps=LAYER_NORM_EPS)
 
     def forward(self, x):
@@ -71,8 +71,8 @@ class LowRankSelfAttention(nn.Module):
         self.value = nn.Linear(hidden_size, hidden_size)
         self.key_pooling = ItemToInterestAggregation(seq_len, hidden_size, k_interests)
         self.value_pooling = ItemToInterestAggregation(seq_len, hidden_size, k_interests)
-        self.attn_dropout = nn.Dropout(attn_dropout_prob)
-        self.dropout = nn.Dropout(dropout_prob)
+        self.attn_dropout = Dropout(attn_dropout_prob)
+        self.dropout = Dropout(dropout_prob)
         self.layer_norm = nn.LayerNorm(hidden_size, eps=LAYER_NORM_EPS)
 
     def _heads(self, x):  # (batch, n, hidden) -> (batch, heads, n, head_size)

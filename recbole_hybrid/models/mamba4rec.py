@@ -13,6 +13,7 @@ from torch import nn
 
 from recbole_hybrid.models.base import TiedEmbeddingRecommender, normal_init, positive_int, probability
 from recbole_hybrid.models.layers import LAYER_NORM_EPS, FeedForward, ResidualMamba
+from recbole_hybrid.modules import Dropout
 
 
 class Mamba4Rec(TiedEmbeddingRecommender):
@@ -20,7 +21,7 @@ class Mamba4Rec(TiedEmbeddingRecommender):
         super().__init__(config, dataset)
         num_layers = positive_int(config, "num_layers")
         dropout_prob = probability(config, "dropout_prob")
-        self.dropout = nn.Dropout(dropout_prob)
+        self.dropout = Dropout(dropout_prob)
         self.layer_norm = nn.LayerNorm(self.hidden_size, eps=LAYER_NORM_EPS)
         self.layers = nn.ModuleList(
             nn.Sequential(

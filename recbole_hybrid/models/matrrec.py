@@ -19,6 +19,7 @@ from recbole_hybrid.models.base import (
     TiedEmbeddingRecommender, flag, heads_divide, normal_init, positive_int, probability,
 )
 from recbole_hybrid.models.layers import ResidualMamba, WithoutResidual
+from recbole_hybrid.modules import Dropout, replace_dropouts
 
 
 class MaTrRec(TiedEmbeddingRecommender):
@@ -42,7 +43,7 @@ class MaTrRec(TiedEmbeddingRecommender):
             if flag(config, "use_position_embedding", False) else None
         )
         self.layer_norm = nn.LayerNorm(self.hidden_size, eps=eps)
-        self.dropout = nn.Dropout(dropout_prob)
+        self.dropout = Dropout(dropout_prob)
         self.mamba_layers = nn.ModuleList(
             ResidualMamba(self.hidden_size, dropout_prob, residual=residual, **self.mamba_kwargs(config))
             for _ in range(n_layers)
@@ -61,6 +62,7 @@ class MaTrRec(TiedEmbeddingRecommender):
             return attention if residual else WithoutResidual(attention)
 
         self.transformer_layers = nn.ModuleList(transformer() for _ in range(n_layers))
+        replace_dropouts(self.transformer_layers)  # RecBole's nn.Dropout: the faster CPU mask
         self.initialize(config, normal_init(config["initializer_range"]))
 
     def forward(self, item_seq, item_seq_len):

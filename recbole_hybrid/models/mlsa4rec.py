@@ -18,6 +18,7 @@ from recbole_hybrid.models.base import (
     TiedEmbeddingRecommender, heads_divide, kaiming_init, positive_int, probability,
 )
 from recbole_hybrid.models.layers import LAYER_NORM_EPS, LowRankSelfAttention, ResidualMamba
+from recbole_hybrid.modules import Dropout
 
 
 class MambaLSAInteraction(nn.Module):
@@ -34,7 +35,7 @@ class MambaLSAInteraction(nn.Module):
         self.gate_norm = nn.LayerNorm(hidden_size, eps=LAYER_NORM_EPS)
         self.fuse = nn.Linear(2 * hidden_size, hidden_size)  # W2
         self.skip = nn.Linear(hidden_size, hidden_size)  # W3
-        self.dropout = nn.Dropout(dropout_prob)
+        self.dropout = Dropout(dropout_prob)
         self.out_norm = nn.LayerNorm(hidden_size, eps=LAYER_NORM_EPS)
 
     def forward(self, e):
@@ -56,7 +57,7 @@ class MLSA4Rec(TiedEmbeddingRecommender):
                 f"({self.max_seq_length}): the LSA pools the sequence's positions into k_interests"
             )
         dropout_prob = probability(config, "dropout_prob")
-        self.dropout = nn.Dropout(dropout_prob)
+        self.dropout = Dropout(dropout_prob)
         self.layer_norm = nn.LayerNorm(self.hidden_size, eps=LAYER_NORM_EPS)
         self.interaction = MambaLSAInteraction(
             self.hidden_size, heads_divide(config, self.hidden_size), k_interests,

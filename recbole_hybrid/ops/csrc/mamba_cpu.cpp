@@ -1,6 +1,6 @@
 // The Mamba block's CPU kernels, built as one extension by recbole_hybrid/ops/cpp_extension.py:
 // the selective scan (softplus, D skip and silu gate fused) and the causal depthwise
-// convolution (with silu), forward and backward. Both read their inputs in any layout and
+// convolution (with silu), forward and backward; and dropout with a counter-based mask. Both read their inputs in any layout and
 // write theirs as (batch, channels, L) views of (batch, L, channels) tensors, the layout the
 // Mamba block's Linear layers read and write, so no copy is made around them.
 //
@@ -522,6 +522,64 @@ std::vector<c10::optional<torch::Tensor>> conv_backward(torch::Tensor x, torch::
           bias.has_value() ? c10::optional<torch::Tensor>(grad_bias.sum(0)) : c10::nullopt};
 }
 
+// ---------------------------------------------------------------- dropout
+//
+// Element i of a contiguous tensor is kept iff hash(seed, i) >= threshold, where the hash is
+// two rounds of the lowbias32 integer mixer keyed by the seed and i's high 32 bits:
+//   key1 = mix(seed_lo ^ mix(seed_hi + 0x9e3779b9 * hi)),  key2 = mix(key1 ^ 0x85ebca6b),
+//   r = mix(mix(lo ^ key1) + key2),
+// and kept elements are scaled by 1 / (1 - p). The mask is a function of (seed, i) only: no
+// state, any split over threads, and backward regenerates it instead of storing it.
+
+namespace {
+
+inline uint32_t mix32(uint32_t x) {
+  x ^= x >> 16;
+  x *= 0x7feb352dU;
+  x ^= x >> 15;
+  x *= 0x846ca68bU;
+  x ^= x >> 16;
+  return x;
+}
+
+template <typename scalar_t>
+void dropout_range(const scalar_t* x, scalar_t* out, int64_t begin, int64_t end, uint64_t seed,
+                   uint64_t threshold, scalar_t scale) {
+  const uint32_t seed_lo = static_cast<uint32_t>(seed), seed_hi = static_cast<uint32_t>(seed >> 32);
+  for (int64_t start = begin; start < end;) {
+    const uint64_t hi = static_cast<uint64_t>(start) >> 32;  // constant over a 2^32 block
+    const int64_t stop = std::min<int64_t>(end, static_cast<int64_t>((hi + 1) << 32));
+    const uint32_t key1 = mix32(seed_lo ^ mix32(seed_hi + 0x9e3779b9U * static_cast<uint32_t>(hi)));
+    const uint32_t key2 = mix32(key1 ^ 0x85ebca6bU);
+#pragma omp simd
+    for (int64_t i = start; i < stop; ++i) {
+      const uint32_t r = mix32(mix32(static_cast<uint32_t>(i) ^ key1) + key2);
+      out[i] = static_cast<uint64_t>(r) >= threshold ? x[i] * scale : scalar_t(0);
+    }
+    start = stop;
+  }
+}
+
+}  // namespace
+
+// x any shape (read as contiguous), p in [0, 1), seed: x with the mask of (seed, p) applied
+// and kept elements scaled by 1 / (1 - p); also dropout's backward on the gradient.
+torch::Tensor dropout(torch::Tensor x, double p, int64_t seed) {
+  TORCH_CHECK(p >= 0 && p < 1, "dropout: p must be in [0, 1), got ", p);
+  x = x.contiguous();
+  auto out = torch::empty_like(x);
+  const uint64_t threshold = static_cast<uint64_t>(std::ldexp(p, 32));
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dropout", [&] {
+    const scalar_t scale = static_cast<scalar_t>(1.0 / (1.0 - p));
+    const scalar_t* in = x.data_ptr<scalar_t>();
+    scalar_t* o = out.data_ptr<scalar_t>();
+    at::parallel_for(0, x.numel(), 1 << 16, [&](int64_t b, int64_t e) {
+      dropout_range<scalar_t>(in, o, b, e, static_cast<uint64_t>(seed), threshold, scale);
+    });
+  });
+  return out;
+}
+
 // ---------------------------------------------------------------- module
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -530,4 +588,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("scan_backward", &scan_backward, "selective scan backward (CPU)", no_gil);
   m.def("conv_forward", &conv_forward, "causal depthwise conv1d forward (CPU)", no_gil);
   m.def("conv_backward", &conv_backward, "causal depthwise conv1d backward (CPU)", no_gil);
+  m.def("dropout", &dropout, "dropout with a counter-based mask (CPU)", no_gil);
 }
