@@ -100,6 +100,18 @@ def test_float64_parity(core, length, softplus, with_D, with_z, with_bias):
         assert relative_error(grads[name], ref_grads[name]) <= 1e-9, name
 
 
+@pytest.mark.parametrize("d_state", [8, 16, 32, 64, 5])
+def test_float64_parity_per_state_size(core, d_state):
+    """The C++ scan has loops compiled for d_state 8, 16, 32 and 64 and one for any other."""
+    inputs = make_inputs(CHUNK_LEN + 1, torch.float64, True, True, True, batch=2, d_inner=3,
+                         d_state=d_state)
+    (out, last, grads), (ref_out, ref_last, ref_grads) = run_both(inputs, True)
+    assert relative_error(out, ref_out) <= 1e-9
+    assert relative_error(last, ref_last) <= 1e-9
+    for name in grads:
+        assert relative_error(grads[name], ref_grads[name]) <= 1e-9, name
+
+
 @pytest.mark.parametrize("length", [CHUNK_LEN + 1, 64])
 def test_float32_parity(core, length):
     inputs = make_inputs(length, torch.float32, True, True, True, batch=3, d_inner=8, d_state=16)

@@ -14,9 +14,13 @@ import warnings
 
 ENV_VAR = "RECBOLE_HYBRID_CPU_KERNEL"
 SOURCE = os.path.join(os.path.dirname(__file__), "csrc", "mamba_cpu.cpp")
-# -fno-trapping-math lets GCC vectorize loops with selects (the scan's exp2, clamps);
-# it changes no result.
-FLAGS = ["-O3", "-march=native", "-fno-trapping-math", "-fopenmp"]
+# -fno-trapping-math lets GCC vectorize loops with selects (the scan's exp2, clamps); it
+# changes no result. -fassociative-math (with -fno-signed-zeros, which it needs) lets the
+# scan's sums over d_state end in a tree of vector additions instead of a chain of scalar
+# ones, the longest step of each time step: the order of additions changes (a rounding
+# difference), nothing else does (no -ffast-math: no finite-math or reciprocal shortcuts).
+FLAGS = ["-O3", "-march=native", "-fno-trapping-math", "-fassociative-math", "-fno-signed-zeros",
+         "-fopenmp"]
 
 _built = []  # [the extension module, or None after a failed build]
 

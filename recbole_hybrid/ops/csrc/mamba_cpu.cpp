@@ -16,6 +16,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 // ---------------------------------------------------------------- shared
@@ -167,10 +168,10 @@ struct Row {
   }
 };
 
-template <typename scalar_t>
+template <typename scalar_t, int kStates>
 void scan_forward_rows(const Scan<scalar_t>& s, scalar_t* out, Layout lout, scalar_t* last,
                        int64_t b0, int64_t b1) {
-  const int64_t N = s.states, L = s.length;
+  const int64_t N = kStates > 0 ? kStates : s.states, L = s.length;
   Row<scalar_t> row(L, N);
   std::vector<scalar_t> h(N);
   for (int64_t b = b0; b < b1; ++b) {
@@ -208,11 +209,11 @@ struct Grads {
   scalar_t *A, *D, *bias;  // (d_inner, d_state) / (d_inner); D, bias may be null
 };
 
-template <typename scalar_t>
+template <typename scalar_t, int kStates>
 void scan_backward_rows(const Scan<scalar_t>& s, const scalar_t* grad_out, Layout lgrad_out,
                         const scalar_t* grad_last, const Grads<scalar_t>& g, int64_t b0,
                         int64_t b1) {
-  const int64_t N = s.states, L = s.length;
+  const int64_t N = kStates > 0 ? kStates : s.states, L = s.length;
   Row<scalar_t> row(L, N);
   // states[t]: the state before step t; decays[t] = exp2(dt_t A2); y[t]: <h_t, C_t> + D u_t.
   std::vector<scalar_t> states((L + 1) * N), decays(L * N), y(L), adjoint(N);
@@ -283,6 +284,20 @@ void scan_backward_rows(const Scan<scalar_t>& s, const scalar_t* grad_out, Layou
   }
 }
 
+// Calls f(std::integral_constant<int, n>) for the common d_state values, whose inner loops
+// then have a trip count known at compile time (no remainder loops, no runtime checks),
+// f(std::integral_constant<int, 0>) for any other.
+template <typename F>
+void with_states(int64_t n, F&& f) {
+  switch (n) {
+    case 8: return f(std::integral_constant<int, 8>());
+    case 16: return f(std::integral_constant<int, 16>());
+    case 32: return f(std::integral_constant<int, 32>());
+    case 64: return f(std::integral_constant<int, 64>());
+    default: return f(std::integral_constant<int, 0>());
+  }
+}
+
 template <typename scalar_t>
 const scalar_t* optional_ptr(const c10::optional<torch::Tensor>& t) {
   return t.has_value() ? t->data_ptr<scalar_t>() : nullptr;
@@ -314,9 +329,11 @@ std::vector<torch::Tensor> scan_forward(torch::Tensor u, torch::Tensor delta, to
   auto last = torch::empty({u.size(0), u.size(1), A.size(1)}, u.options());
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "scan_forward", [&] {
     const auto s = scan_of<scalar_t>(u, delta, A, B, C, D, z, delta_bias, softplus);
-    at::parallel_for(0, s.batch, 1, [&](int64_t b0, int64_t b1) {
-      scan_forward_rows<scalar_t>(s, out.data_ptr<scalar_t>(), Layout(out),
-                                  last.data_ptr<scalar_t>(), b0, b1);
+    with_states(s.states, [&](auto states) {
+      at::parallel_for(0, s.batch, 1, [&](int64_t b0, int64_t b1) {
+        scan_forward_rows<scalar_t, decltype(states)::value>(
+            s, out.data_ptr<scalar_t>(), Layout(out), last.data_ptr<scalar_t>(), b0, b1);
+      });
     });
   });
   return {out, last};
@@ -342,6 +359,7 @@ std::vector<c10::optional<torch::Tensor>> scan_backward(
   if (grad_last.has_value()) grad_last = grad_last->contiguous();
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "scan_backward", [&] {
     const auto s = scan_of<scalar_t>(u, delta, A, B, C, D, z, delta_bias, softplus);
+    with_states(s.states, [&](auto states) {
     at::parallel_for(0, s.batch, 1, [&](int64_t b0, int64_t b1) {
       const int64_t k = at::get_thread_num();
       const Grads<scalar_t> g{grad_u.data_ptr<scalar_t>(), grad_delta.data_ptr<scalar_t>(),
@@ -352,8 +370,10 @@ std::vector<c10::optional<torch::Tensor>> scan_backward(
                               grad_D.data_ptr<scalar_t>() + k * channels,
                               delta_bias.has_value() ? grad_bias.data_ptr<scalar_t>() + k * channels
                                                      : nullptr};
-      scan_backward_rows<scalar_t>(s, grad_out.data_ptr<scalar_t>(), Layout(grad_out),
-                                   optional_ptr<scalar_t>(grad_last), g, b0, b1);
+      scan_backward_rows<scalar_t, decltype(states)::value>(
+          s, grad_out.data_ptr<scalar_t>(), Layout(grad_out), optional_ptr<scalar_t>(grad_last),
+          g, b0, b1);
+    });
     });
   });
   auto present = [](bool yes, torch::Tensor t) {
