@@ -2,13 +2,15 @@
 
     python benchmarks/length_scaling.py [--device cpu|cuda] [--amp] [--tokens N] [--steps S]
         [--lengths 50,100,200,500,1000,2000] [--models SASRec,LightSANs,Mamba4Rec,MaTrRec,MLSA4Rec]
-        [--items 3416] [--out FOLDER]
+        [--items 3416] [--config KEY=VALUE ...] [--out FOLDER]
 
 Each point (model, length L) runs in a process of its own: build the model with its package
 defaults (RecBole's yaml for SASRec and LightSANs, ours for the three Mamba models; hidden 64,
 CE loss over --items items) and MAX_ITEM_LIST_LENGTH = L, a batch of B = --tokens // L random
 sequences of full length, then one warm-up step and --steps timed training steps (forward,
-loss, backward, Adam step). Reported per point: the median step time, and the peak memory of
+loss, backward, Adam step). --config KEY=VALUE (YAML value, repeatable) sets a key for every
+model, e.g. `--config n_layers=1 --config num_layers=1` for one layer each (RecBole ignores a
+key a model does not read). Reported per point: the median step time, and the peak memory of
 the timed steps above what the process held between steps (model, batch, gradients and Adam's
 state, all allocated by the warm-up step):
 - on CPU the resident set's high-water mark (Linux: /proc/self/status VmHWM, reset through
@@ -29,7 +31,7 @@ Writes FOLDER/lengths.md, lengths.csv (rewritten after every point, so an interr
 keeps what it measured) and lengths.png. FOLDER defaults to
 length_scaling/<device>[-amp][-N] beside the current folder, the first free name.
 --amp: float16 autocast with a GradScaler on CUDA, bfloat16 autocast on CPU.
-Duration with the defaults on 2 CPU cores: about 15 minutes (--tokens 16384, --steps 3).
+Duration with the defaults on 2 CPU cores: about 10 minutes (--tokens 32768, --steps 5).
 """
 
 import argparse
@@ -45,17 +47,18 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODELS = ("SASRec", "LightSANs", "Mamba4Rec", "MaTrRec", "MLSA4Rec")
 LENGTHS = (50, 100, 200, 500, 1000, 2000)
 TAG = "@@ "  # the worker's result line; anything else it prints is passed through
-COLUMNS = ("model", "length", "batch", "tokens", "seconds", "peak_mb", "held_mb", "loss", "error")
+COLUMNS = ("model", "length", "batch", "tokens", "seconds", "peak_mb", "held_mb", "parameters",
+           "loss", "error")
 
 
-def run_point(model_name, length, batch, items, steps, device, amp):
+def run_point(model_name, length, batch, items, steps, device, amp, config):
     """Worker side: one model at one length; returns the measurements as a dict."""
     import torch
 
     from step_common import training_setup
 
     model, optimizer, interaction = training_setup(model_name, batch, length, items, device,
-                                                   {"loss_type": "CE"})
+                                                   {"loss_type": "CE", **config})
     amp_dtype = torch.float16 if device == "cuda" else torch.bfloat16
     scaler = torch.amp.GradScaler(device, enabled=amp and device == "cuda")
 
@@ -81,6 +84,7 @@ def run_point(model_name, length, batch, items, steps, device, amp):
         seconds.append(time.perf_counter() - start)
     return {"seconds": statistics.median(seconds), "peak_mb": memory.peak_mb(),
             "held_mb": memory.base / 2 ** 20, "loss": loss,
+            "parameters": sum(p.numel() for p in model.parameters()),
             "threads": torch.get_num_threads()}
 
 
@@ -119,14 +123,30 @@ class Memory:
         raise RuntimeError(f"/proc/self/status has no {key}")
 
 
+def overrides(pairs):
+    """{key: value} from KEY=VALUE strings, each value read as YAML (as RecBole reads it)."""
+    import yaml
+
+    config = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            print(f"length_scaling: --config {pair!r} is not KEY=VALUE; write e.g. "
+                  "--config n_layers=1", file=sys.stderr)
+            sys.exit(2)
+        config[key.strip()] = yaml.safe_load(value)
+    return config
+
+
 def measure(model, length, args):
     """One point in a fresh process: a row of COLUMNS (error set where it failed)."""
     batch = max(1, args.tokens // length)
     row = {"model": model, "length": length, "batch": batch, "tokens": batch * length,
-           "seconds": "", "peak_mb": "", "held_mb": "", "loss": "", "error": ""}
+           "seconds": "", "peak_mb": "", "held_mb": "", "parameters": "", "loss": "", "error": ""}
     command = [sys.executable, os.path.abspath(__file__), "--point", model, str(length),
                str(batch), "--items", str(args.items), "--steps", str(args.steps),
-               "--device", args.device] + (["--amp"] if args.amp else [])
+               "--device", args.device] + (["--amp"] if args.amp else []) \
+        + [option for pair in args.config for option in ("--config", pair)]
     process = subprocess.run(command, capture_output=True, text=True)
     result = [line for line in process.stdout.splitlines() if line.startswith(TAG)]
     if process.returncode or not result:
@@ -135,7 +155,8 @@ def measure(model, length, args):
         return row, None
     measured = json.loads(result[-1][len(TAG):])
     row.update(seconds=round(measured["seconds"], 4), peak_mb=round(measured["peak_mb"], 1),
-               held_mb=round(measured["held_mb"], 1), loss=round(measured["loss"], 5))
+               held_mb=round(measured["held_mb"], 1), parameters=measured["parameters"],
+               loss=round(measured["loss"], 5))
     return row, measured["threads"]
 
 
@@ -184,6 +205,11 @@ def markdown(rows, args, header):
     models = list(dict.fromkeys(r["model"] for r in rows))
     lengths = sorted({r["length"] for r in rows})
     lines = [f"# Training step against sequence length\n\n{header}\n"]
+    sizes = {r["model"]: r["parameters"] for r in sorted(rows, key=lambda r: r["length"])
+             if r["parameters"] != ""}
+    if sizes:
+        lines.append("Parameters (at the shortest length; the item embedding included): "
+                     + ", ".join(f"{m} {n:,}" for m, n in sizes.items()) + "\n")
     for key, title in (("seconds", "seconds per step"), ("peak_mb", "peak MB of the steps")):
         values = {(r["model"], r["length"]): r for r in rows}
         lines.append(f"\n## {title} (batch = {args.tokens} tokens / L)\n")
@@ -258,25 +284,29 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--amp", action="store_true")
-    parser.add_argument("--tokens", type=int, default=16384, help="tokens per batch")
-    parser.add_argument("--steps", type=int, default=3, help="timed steps per point")
+    parser.add_argument("--tokens", type=int, default=32768, help="tokens per batch")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per point")
     parser.add_argument("--lengths", default=",".join(map(str, LENGTHS)))
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--items", type=int, default=3416, help="catalogue size (ML-1M's)")
+    parser.add_argument("--config", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config key for every model (repeatable)")
     parser.add_argument("--out")
     parser.add_argument("--point", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.point:
         model, length, batch = args.point
         result = run_point(model, int(length), int(batch), args.items, args.steps, args.device,
-                           args.amp)
+                           args.amp, overrides(args.config))
         print(TAG + json.dumps(result), flush=True)
         return
     models, lengths = args.models.split(","), [int(n) for n in args.lengths.split(",")]
+    overrides(args.config)  # a malformed pair stops here, before any work
     folder = out_folder(args)
     header = (f"{args.device}{' AMP' if args.amp else ' float32'}, {os.cpu_count()} CPUs, "
               f"median of {args.steps} steps after one warm-up, each point a fresh process, "
-              "package defaults per model")
+              "package defaults per model"
+              + "".join(f", {pair}" for pair in args.config))
     print(f"length_scaling: {len(models)} models x {len(lengths)} lengths, {args.tokens} tokens "
           f"per batch; writing {folder}", flush=True)
     rows, started = [], time.perf_counter()

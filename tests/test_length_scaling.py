@@ -55,7 +55,7 @@ def run(*args):
 def test_smallest_setting_writes_its_table_and_figure(tmp_path):
     out = str(tmp_path / "lengths")
     args = ["--models", "SASRec,Mamba4Rec", "--lengths", "16,32", "--tokens", "64", "--steps",
-            "1", "--out", out]
+            "1", "--config", "n_layers=1", "--out", out]
     done = run(*args)
     assert done.returncode == 0, done.stderr[-2000:]
     with open(os.path.join(out, "lengths.csv")) as f:
@@ -67,7 +67,9 @@ def test_smallest_setting_writes_its_table_and_figure(tmp_path):
         assert float(row["seconds"]) > 0 and float(row["peak_mb"]) >= 0
         assert float(row["held_mb"]) > 50  # the process: interpreter, torch, the model
         assert math.isfinite(float(row["loss"])) and float(row["loss"]) > 0
+    assert int(table[0]["parameters"]) > 0
     markdown = open(os.path.join(out, "lengths.md")).read()
+    assert "n_layers=1" in markdown and "Parameters (at the shortest length" in markdown
     assert "## seconds per step" in markdown and "## peak MB of the steps" in markdown
     assert "| Mamba4Rec |" in markdown and "L=32" in markdown
     with open(os.path.join(out, "lengths.png"), "rb") as f:
@@ -78,3 +80,9 @@ def test_smallest_setting_writes_its_table_and_figure(tmp_path):
     assert again.returncode == 2 and "already holds lengths.csv" in again.stderr
     assert "Traceback" not in again.stderr
     assert open(os.path.join(out, "lengths.csv")).read() == before
+
+
+def test_a_malformed_config_pair_is_one_paragraph(tmp_path):
+    done = run("--config", "n_layers", "--out", str(tmp_path / "x"))
+    assert done.returncode == 2 and "is not KEY=VALUE" in done.stderr
+    assert "Traceback" not in done.stderr
