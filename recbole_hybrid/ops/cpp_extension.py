@@ -1,10 +1,10 @@
 """The C++ kernels for CPU tensors (csrc/mamba_cpu.cpp): the selective scan and the causal
-depthwise convolution, forward and backward.
+depthwise convolution, forward and backward, and dropout (ops/dropout.py).
 
 Built on first use by torch's extension builder (a C++ compiler and ninja are needed; about
 a minute once, then cached under ~/.cache/torch_extensions). RECBOLE_HYBRID_CPU_KERNEL=0
 turns it off. If the build fails, a warning is given once and the PyTorch implementations
-are used (the chunked scan, F.conv1d).
+are used (the chunked scan, F.conv1d, F.dropout).
 """
 
 import hashlib
@@ -55,8 +55,8 @@ def load():
         except Exception as error:  # compiler, ninja or linker failures have no common type
             warnings.warn(
                 f"building the C++ CPU kernels failed ({type(error).__name__}: {error}); "
-                f"using the slower PyTorch scan and convolution. Set {ENV_VAR}=0 to skip the "
-                "build.",
+                f"using the slower PyTorch scan, convolution and dropout. Set {ENV_VAR}=0 to skip "
+                "the build.",
                 RuntimeWarning,
             )
             _built.append(None)
